@@ -1,0 +1,295 @@
+"""The decision every guarded connect goes through.
+
+``Guard.admit(host, port)`` either raises ``EndpointUnavailable`` at once (the
+circuit is open), returns ``None`` (the endpoint is not guarded, or connguard
+itself failed and steps aside) or returns a ``Ticket`` carrying the connect
+deadline. The integration connects, then reports the outcome on the ticket:
+``succeeded(elapsed)``, ``failed(exc)`` or ``abandoned()``.
+
+The guard knows no integration. Decide under the lock, release it, connect,
+record under the lock; log after releasing it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from ._config import Config, Override
+from ._endpoint import Endpoint
+from ._errors import EndpointUnavailable
+from ._health import EndpointHealth, HealthTable
+
+__all__ = ["Guard", "Ticket", "classify_failure"]
+
+log = logging.getLogger("connguard")
+
+# errnos of a connect that reached no listener: the endpoint's fault, not ours.
+_UNREACHABLE_ERRNOS = frozenset(
+    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN, errno.ETIMEDOUT}
+)
+
+
+def classify_failure(exc: BaseException) -> str | None:
+    """``"timeout"``, ``"refused"``, ``"unreachable"``, or None when not the endpoint's fault.
+
+    ``BlockingIOError`` (a non-blocking connect in progress), interrupted calls,
+    local errors (``EADDRNOTAVAIL``, ``EACCES``…) and anything not an ``OSError``
+    are never counted against an endpoint.
+    """
+    if isinstance(exc, EndpointUnavailable) or not isinstance(exc, OSError):
+        return None
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, BlockingIOError | InterruptedError):
+        return None
+    if exc.errno in _UNREACHABLE_ERRNOS:
+        return "unreachable"
+    return None
+
+
+class Ticket:
+    """Permission for one connect, with its deadline; report exactly one outcome."""
+
+    __slots__ = ("deadline", "guard", "health", "trial")
+
+    def __init__(self, guard: Guard, health: EndpointHealth, deadline: float | None, trial: bool):
+        self.guard = guard
+        self.health = health
+        # None in observe mode: connguard must not change the connect.
+        self.deadline = deadline
+        self.trial = trial
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.health.endpoint
+
+    @property
+    def label(self) -> str:
+        return self.health.label
+
+    def succeeded(self, elapsed: float) -> None:
+        """The connect completed after ``elapsed`` seconds of connecting."""
+        try:
+            self.guard._record_success(self, elapsed)
+        except Exception as exc:
+            self.guard.contain("record_success", exc)
+
+    def failed(self, exc: BaseException, *, left_host: bool = True) -> None:
+        """The connect failed with ``exc``.
+
+        ``left_host=False`` says the connect never left this host (it was held by
+        local policy, e.g. a security tool serializing connects): a timeout then
+        says nothing about the endpoint and is not counted.
+        """
+        try:
+            self.guard._record_failure(self, exc, left_host)
+        except Exception as internal:
+            self.guard.contain("record_failure", internal)
+
+    def abandoned(self) -> None:
+        """No outcome will be known (non-blocking connect, cancellation…)."""
+        if self.trial:
+            self.health.trial_until = 0.0
+            self.trial = False
+
+
+_GUARDS: weakref.WeakSet[Guard] = weakref.WeakSet()
+
+
+def _renew_after_fork() -> None:
+    for guard in list(_GUARDS):
+        guard.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_after_fork)
+
+
+class Guard:
+    """Decides and records. One per ``install()``; bound into every wrapper."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.rng = rng
+        self.enforce = config.mode == "enforce"
+        self.table = HealthTable(config.max_endpoints, clock)
+        # When a background prober owns recovery, callers never become trials.
+        self.callers_may_trial = True
+        self._contained: set[str] = set()
+        self._unguarded_everything = False
+        _GUARDS.add(self)
+
+    # -- the hot path -----------------------------------------------------------------
+
+    def admit(self, host: str, port: int) -> Ticket | None:
+        """Fail fast, or hand out a ticket with a deadline; None means "step aside"."""
+        try:
+            health = self.table.get((host, port))
+            if health is None:
+                health = self.table.add(self._new_health((host, port)))
+            if not health.guarded:
+                return None
+            if not health.is_open:
+                return Ticket(self, health, health.budget if self.enforce else None, False)
+            return self._admit_open(health)
+        except EndpointUnavailable:
+            raise
+        except Exception as exc:
+            self.contain("admit", exc)
+            return None
+
+    def _admit_open(self, health: EndpointHealth) -> Ticket | None:
+        now = self.clock()
+        with self.table.lock:
+            if not health.is_open:  # closed by another thread meanwhile
+                return Ticket(self, health, health.budget if self.enforce else None, False)
+            if self.callers_may_trial and now >= health.retry_at and health.trial_until <= now:
+                # Exactly one caller tries; the lease ends if its thread never reports.
+                health.trial_until = now + 2 * health.ceiling
+                trial = True
+            else:
+                trial = False
+                health.fast_failures += 1
+            retry_after = max(0.0, health.retry_at - now)
+        if trial:
+            log.info("%s: recovery trial (one connect allowed)", health.label)
+            return Ticket(self, health, health.budget if self.enforce else None, True)
+        if not self.enforce:
+            if health.fast_failures == 1 or health.fast_failures % 1000 == 0:
+                log.warning("%s: observe mode, would fail fast (%d so far)",
+                            health.label, health.fast_failures)
+            return Ticket(self, health, None, False)
+        raise EndpointUnavailable(
+            f"connguard: {health.label} is unavailable "
+            f"(last error: {health.last_error}); retry in {retry_after:.1f} s",
+            health.label,
+            retry_after,
+        )
+
+    # -- outcomes ---------------------------------------------------------------------
+
+    def _record_success(self, ticket: Ticket, elapsed: float) -> None:
+        health = ticket.health
+        with self.table.lock:
+            health.observe_connect_time(elapsed)
+            health.successes += 1
+            health.failures = 0
+            health.ever_connected = True
+            was_open = health.is_open
+            health.is_open = False
+            health.openings = 0
+            if ticket.trial:
+                health.trial_until = 0.0
+            self.table.touch(health)
+        if was_open:
+            log.warning("%s: closed, endpoint is reachable again (connect %.3f s)",
+                        health.label, elapsed)
+
+    def _record_failure(self, ticket: Ticket, exc: BaseException, left_host: bool) -> None:
+        kind = classify_failure(exc)
+        health = ticket.health
+        if kind is None or (kind == "timeout" and not left_host):
+            ticket.abandoned()
+            return
+        now = self.clock()
+        with self.table.lock:
+            health.failures += 1
+            health.failures_total += 1
+            health.last_error = f"{kind}: {type(exc).__name__}: {exc}"
+            reopen = health.is_open and ticket.trial
+            opening = not health.is_open and (
+                health.failures >= self.config.failure_threshold or not health.ever_connected
+            )
+            if ticket.trial:
+                health.trial_until = 0.0
+            wait = 0.0
+            if reopen or opening:
+                wait = self._backoff(health.openings)
+                health.openings += 1
+                health.is_open = True
+                health.retry_at = now + wait
+            self.table.touch(health)
+        if opening:
+            log.warning("%s: opened after %d consecutive failure(s), last %s; "
+                        "failing fast, retry in %.1f s",
+                        health.label, health.failures, health.last_error, wait)
+        elif reopen:
+            log.warning("%s: recovery trial failed (%s); retry in %.1f s",
+                        health.label, health.last_error, wait)
+
+    def _backoff(self, openings: int) -> float:
+        """Exponential, +-20 % jitter so that many processes do not probe in step."""
+        cfg = self.config
+        base = min(cfg.max_open_seconds, cfg.open_seconds * 2.0 ** min(openings, 32))
+        return min(cfg.max_open_seconds, base * (0.8 + 0.4 * self.rng()))
+
+    # -- policy -----------------------------------------------------------------------
+
+    def _new_health(self, endpoint: Endpoint) -> EndpointHealth:
+        cfg = self.config
+        host, port = endpoint
+        guarded = (not cfg.include or any(p.matches(host, port) for p in cfg.include)) and not any(
+            p.matches(host, port) for p in cfg.exclude
+        )
+        background = any(p.matches(host, port) for p in cfg.background)
+        ceiling = cfg.connect_timeout
+        override = self.override_for(endpoint)
+        if override is not None:
+            if override.background is not None:
+                background = override.background
+            if override.connect_timeout is not None:
+                ceiling = override.connect_timeout
+        return EndpointHealth(
+            endpoint,
+            guarded=guarded,
+            background=background,
+            floor=min(cfg.min_connect_timeout, ceiling),
+            ceiling=ceiling,
+            policy=override,
+        )
+
+    def override_for(self, endpoint: Endpoint) -> Override | None:
+        """The first ``CONNGUARD_OVERRIDES`` entry matching ``endpoint``."""
+        for override in self.config.overrides:
+            if override.pattern.matches(*endpoint):
+                return override
+        return None
+
+    # -- management -------------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        return [h.record(now) for h in self.table.snapshot() if h.guarded]
+
+    def reset(self, endpoint: Endpoint | None = None) -> None:
+        if endpoint is None:
+            self.table.clear()
+        else:
+            self.table.remove(endpoint)
+
+    def contain(self, where: str, exc: BaseException) -> None:
+        """An internal fault: the caller's connect goes ahead unguarded; log once per kind."""
+        key = f"{where}:{type(exc).__name__}"
+        if key not in self._contained:
+            self._contained.add(key)
+            log.error("connguard internal error in %s; this connect goes ahead unguarded",
+                      where, exc_info=exc)
+
+    def after_fork(self) -> None:
+        self.table.renew_lock_after_fork()

@@ -1,0 +1,31 @@
+"""Integrations: each module patches one library and talks only to the guard.
+
+Every module has ``install(guard) -> Patcher``; the returned patcher undoes it.
+Libraries that may be imported after ``install()`` are hooked with wrapt's
+post-import hooks, which check that the guard is still installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from .._guard import Guard
+from ._patch import Patcher
+
+__all__ = ["MODULES", "install_integrations"]
+
+# name in CONNGUARD_INTEGRATIONS -> module implementing it
+MODULES: dict[str, str] = {
+    "socket": "connguard.integrations._socket",
+}
+
+
+def install_integrations(guard: Guard, names: tuple[str, ...]) -> list[Patcher]:
+    """Install the named integrations (in a fixed order: socket first)."""
+    patchers = []
+    for name, module_name in MODULES.items():
+        if name in names:
+            install: Callable[[Guard], Patcher] = importlib.import_module(module_name).install
+            patchers.append(install(guard))
+    return patchers

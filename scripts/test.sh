@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: set-up, lint, type check, tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+.venv/bin/ruff check connguard tests benchmarks
+.venv/bin/ruff format --check connguard tests benchmarks
+.venv/bin/mypy
+.venv/bin/python -m pytest --cov --cov-report=term:skip-covered "$@"
