@@ -131,6 +131,8 @@ class Guard:
         self.table = HealthTable(config.max_endpoints, clock)
         # When a background prober owns recovery, callers never become trials.
         self.callers_may_trial = True
+        # The connect lane (CONNGUARD_MAX_INFLIGHT_CONNECTS > 0), or None: no gate.
+        self.gate: Any = None
         self._contained: set[str] = set()
         self._unguarded_everything = False
         _GUARDS.add(self)
