@@ -13,6 +13,7 @@ import httpx
 import pytest
 import wrapt
 
+import connguard
 from connguard.testing import (
     SYN_SENT,
     SerializedHost,
@@ -324,3 +325,19 @@ def test_tcp_server_echo_mode_and_accept_count() -> None:
             client.sendall(b"hello")
             assert client.recv(100) == b"hello"
         _wait_for(lambda: server.accepted == 1)
+
+
+def test_nests_beneath_connguard_install() -> None:
+    """connguard installed inside the block wraps on top of the emulator and uninstalls cleanly."""
+    with serialized_host() as host, tcp_server() as live:
+        ours = socket.socket.__dict__["connect"]
+        connguard.install()
+        try:
+            with socket.create_connection(live.address, timeout=2.0):
+                pass
+        finally:
+            connguard.uninstall()
+        assert socket.socket.__dict__["connect"] is ours
+    assert host.connects == 1
+    assert "connect" not in socket.socket.__dict__
+    assert "connect_ex" not in socket.socket.__dict__
