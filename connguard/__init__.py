@@ -8,8 +8,6 @@ See https://github.com/connguard/connguard (docs/) for the full story.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ._api import install as install
 from ._api import is_installed as is_installed
 from ._api import reset as reset
@@ -33,7 +31,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> str:
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from ._config import Config
 from ._endpoint import parse_endpoint
-from ._guard import Guard
 from ._errors import ConfigError
+from ._guard import Guard
 
 __all__ = ["current_guard", "install", "is_installed", "reset", "status", "uninstall"]
 
@@ -61,8 +61,11 @@ def install(*, environ: Mapping[str, str] | None = None, **overrides: Any) -> bo
             _state.patchers = []
             raise
         _state.guard = guard
-        log.info("connguard installed (%s mode, integrations: %s)",
-                 config.mode, ", ".join(config.integrations))
+        log.info(
+            "connguard installed (%s mode, integrations: %s)",
+            config.mode,
+            ", ".join(config.integrations),
+        )
         return True
 
 

@@ -162,55 +162,123 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("enabled", "CONNGUARD_ENABLED", _parse_bool, "1/0/true/false/yes/no",
-            "on: installing connguard is the decision to use it; 0 is the kill switch"),
-    Setting("mode", "CONNGUARD_MODE", _parse_mode, "enforce or observe",
-            "enforce; observe logs what would have been blocked and changes nothing"),
-    Setting("connect_timeout", "CONNGUARD_CONNECT_TIMEOUT", _parse_seconds,
-            "seconds > 0",
-            "3 s: first contact survives one lost SYN (retransmitted after 1 s) while a "
-            "dead endpoint costs 3 s instead of the OS's 21 s (Windows) to 130 s (Linux)"),
-    Setting("min_connect_timeout", "CONNGUARD_MIN_CONNECT_TIMEOUT", _parse_seconds,
-            "seconds > 0, at most CONNGUARD_CONNECT_TIMEOUT",
-            "1.5 s: one SYN retransmission (1 s initial RTO) plus its answer, so a single "
-            "lost SYN to a fast endpoint is not turned into a failure"),
-    Setting("failure_threshold", "CONNGUARD_FAILURE_THRESHOLD", _parse_positive_int,
-            "integer >= 1",
-            "3 consecutive failures (Envoy and Finagle use 5, but here every failure can "
-            "cost a whole deadline); an endpoint that never connected opens on its first"),
-    Setting("open_seconds", "CONNGUARD_OPEN_SECONDS", _parse_seconds, "seconds > 0",
-            "5 s first wait, doubling with +-20 % jitter (Finagle's 5 s, gRPC's jitter)"),
-    Setting("max_open_seconds", "CONNGUARD_MAX_OPEN_SECONDS", _parse_seconds,
-            "seconds > 0, at least CONNGUARD_OPEN_SECONDS",
-            "300 s cap, as Envoy and Finagle: a long-dead endpoint is checked every 5 min"),
-    Setting("precheck", "CONNGUARD_PRECHECK", parse_precheck, ", ".join(PRECHECK_KINDS),
-            "tcp: works everywhere; udp-echo and icmp send no SYN but need a responder"),
-    Setting("precheck_first_contact", "CONNGUARD_PRECHECK_FIRST_CONTACT", _parse_bool,
-            "1/0/true/false/yes/no",
-            "off: a pre-check before the first connect adds latency to every new endpoint"),
-    Setting("max_inflight_connects", "CONNGUARD_MAX_INFLIGHT_CONNECTS", _parse_count,
-            "integer >= 0 (0 = no lane)",
-            "0: most hosts do not serialize connects; run `connguard doctor` to find out"),
-    Setting("background", "CONNGUARD_BACKGROUND", parse_patterns,
-            "comma-separated HOST:PORT, HOST:*, *.DOMAIN:PORT, CIDR[:PORT]",
-            "none: only you know which endpoints (APM, metrics) may wait"),
-    Setting("include", "CONNGUARD_INCLUDE", parse_patterns,
-            "comma-separated patterns (empty = every endpoint)",
-            "every endpoint, loopback included: a dead local port stalls callers too"),
-    Setting("exclude", "CONNGUARD_EXCLUDE", parse_patterns, "comma-separated patterns",
-            "none"),
-    Setting("overrides", "CONNGUARD_OVERRIDES", _parse_overrides,
-            "'PATTERN key=value ...; ...' with keys connect_timeout, precheck, "
-            "priority=foreground|background",
-            "none"),
-    Setting("integrations", "CONNGUARD_INTEGRATIONS", _parse_integrations,
-            "comma-separated subset of " + ",".join(INTEGRATION_NAMES),
-            "all: a stall behind any of them is the same stall"),
-    Setting("max_endpoints", "CONNGUARD_MAX_ENDPOINTS", _parse_positive_int, "integer >= 1",
-            "10000 tracked endpoints (about 3 MB); the least recently used is forgotten"),
-    Setting("log_level", "CONNGUARD_LOG_LEVEL", _parse_log_level,
-            "DEBUG, INFO, WARNING, ERROR or CRITICAL",
-            "unset: the application's logging configuration decides"),
+    Setting(
+        "enabled",
+        "CONNGUARD_ENABLED",
+        _parse_bool,
+        "1/0/true/false/yes/no",
+        "on: installing connguard is the decision to use it; 0 is the kill switch",
+    ),
+    Setting(
+        "mode",
+        "CONNGUARD_MODE",
+        _parse_mode,
+        "enforce or observe",
+        "enforce; observe logs what would have been blocked and changes nothing",
+    ),
+    Setting(
+        "connect_timeout",
+        "CONNGUARD_CONNECT_TIMEOUT",
+        _parse_seconds,
+        "seconds > 0",
+        "3 s: first contact survives one lost SYN (retransmitted after 1 s) while a "
+        "dead endpoint costs 3 s instead of the OS's 21 s (Windows) to 130 s (Linux)",
+    ),
+    Setting(
+        "min_connect_timeout",
+        "CONNGUARD_MIN_CONNECT_TIMEOUT",
+        _parse_seconds,
+        "seconds > 0, at most CONNGUARD_CONNECT_TIMEOUT",
+        "1.5 s: one SYN retransmission (1 s initial RTO) plus its answer, so a single "
+        "lost SYN to a fast endpoint is not turned into a failure",
+    ),
+    Setting(
+        "failure_threshold",
+        "CONNGUARD_FAILURE_THRESHOLD",
+        _parse_positive_int,
+        "integer >= 1",
+        "3 consecutive failures (Envoy and Finagle use 5, but here every failure can "
+        "cost a whole deadline); an endpoint that never connected opens on its first",
+    ),
+    Setting(
+        "open_seconds",
+        "CONNGUARD_OPEN_SECONDS",
+        _parse_seconds,
+        "seconds > 0",
+        "5 s first wait, doubling with +-20 % jitter (Finagle's 5 s, gRPC's jitter)",
+    ),
+    Setting(
+        "max_open_seconds",
+        "CONNGUARD_MAX_OPEN_SECONDS",
+        _parse_seconds,
+        "seconds > 0, at least CONNGUARD_OPEN_SECONDS",
+        "300 s cap, as Envoy and Finagle: a long-dead endpoint is checked every 5 min",
+    ),
+    Setting(
+        "precheck",
+        "CONNGUARD_PRECHECK",
+        parse_precheck,
+        ", ".join(PRECHECK_KINDS),
+        "tcp: works everywhere; udp-echo and icmp send no SYN but need a responder",
+    ),
+    Setting(
+        "precheck_first_contact",
+        "CONNGUARD_PRECHECK_FIRST_CONTACT",
+        _parse_bool,
+        "1/0/true/false/yes/no",
+        "off: a pre-check before the first connect adds latency to every new endpoint",
+    ),
+    Setting(
+        "max_inflight_connects",
+        "CONNGUARD_MAX_INFLIGHT_CONNECTS",
+        _parse_count,
+        "integer >= 0 (0 = no lane)",
+        "0: most hosts do not serialize connects; run `connguard doctor` to find out",
+    ),
+    Setting(
+        "background",
+        "CONNGUARD_BACKGROUND",
+        parse_patterns,
+        "comma-separated HOST:PORT, HOST:*, *.DOMAIN:PORT, CIDR[:PORT]",
+        "none: only you know which endpoints (APM, metrics) may wait",
+    ),
+    Setting(
+        "include",
+        "CONNGUARD_INCLUDE",
+        parse_patterns,
+        "comma-separated patterns (empty = every endpoint)",
+        "every endpoint, loopback included: a dead local port stalls callers too",
+    ),
+    Setting("exclude", "CONNGUARD_EXCLUDE", parse_patterns, "comma-separated patterns", "none"),
+    Setting(
+        "overrides",
+        "CONNGUARD_OVERRIDES",
+        _parse_overrides,
+        "'PATTERN key=value ...; ...' with keys connect_timeout, precheck, "
+        "priority=foreground|background",
+        "none",
+    ),
+    Setting(
+        "integrations",
+        "CONNGUARD_INTEGRATIONS",
+        _parse_integrations,
+        "comma-separated subset of " + ",".join(INTEGRATION_NAMES),
+        "all: a stall behind any of them is the same stall",
+    ),
+    Setting(
+        "max_endpoints",
+        "CONNGUARD_MAX_ENDPOINTS",
+        _parse_positive_int,
+        "integer >= 1",
+        "10000 tracked endpoints (about 3 MB); the least recently used is forgotten",
+    ),
+    Setting(
+        "log_level",
+        "CONNGUARD_LOG_LEVEL",
+        _parse_log_level,
+        "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+        "unset: the application's logging configuration decides",
+    ),
 )
 _BY_FIELD = {s.field: s for s in SETTINGS}
 _BY_VARIABLE = {s.variable: s for s in SETTINGS}
@@ -325,8 +393,10 @@ def _coerce_keyword(name: str, value: Any) -> Any:
         return _parse(setting, repr(value), label)
     if isinstance(value, Precheck) and name == "precheck":
         return value
-    if name == "overrides" and isinstance(value, tuple) and all(
-        isinstance(o, Override) for o in value
+    if (
+        name == "overrides"
+        and isinstance(value, tuple)
+        and all(isinstance(o, Override) for o in value)
     ):
         return value
     raise ConfigError(f"{label}: {value!r} is invalid; accepted: {setting.accepts}")

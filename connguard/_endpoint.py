@@ -76,9 +76,9 @@ def parse_patterns(text: str) -> tuple[EndpointPattern, ...]:
 
 def _parse_pattern(text: str) -> EndpointPattern:
     host, port = _split_host_port(text, port_optional=True)
-    if host in ("", "*"):
-        if not host and port is None:
-            raise ValueError(f"{text!r} names no host")
+    if not host:
+        raise ValueError(f"{text!r} names no host (write '*' for any host)")
+    if host == "*":
         return EndpointPattern(text, None, None, port)
     if "/" in host:
         try:

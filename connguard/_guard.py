@@ -174,8 +174,11 @@ class Guard:
             return Ticket(self, health, health.budget if self.enforce else None, True)
         if not self.enforce:
             if health.fast_failures == 1 or health.fast_failures % 1000 == 0:
-                log.warning("%s: observe mode, would fail fast (%d so far)",
-                            health.label, health.fast_failures)
+                log.warning(
+                    "%s: observe mode, would fail fast (%d so far)",
+                    health.label,
+                    health.fast_failures,
+                )
             return Ticket(self, health, None, False)
         raise EndpointUnavailable(
             f"connguard: {health.label} is unavailable "
@@ -200,8 +203,9 @@ class Guard:
                 health.trial_until = 0.0
             self.table.touch(health)
         if was_open:
-            log.warning("%s: closed, endpoint is reachable again (connect %.3f s)",
-                        health.label, elapsed)
+            log.warning(
+                "%s: closed, endpoint is reachable again (connect %.3f s)", health.label, elapsed
+            )
 
     def _record_failure(self, ticket: Ticket, exc: BaseException, left_host: bool) -> None:
         kind = classify_failure(exc)
@@ -228,12 +232,21 @@ class Guard:
                 health.retry_at = now + wait
             self.table.touch(health)
         if opening:
-            log.warning("%s: opened after %d consecutive failure(s), last %s; "
-                        "failing fast, retry in %.1f s",
-                        health.label, health.failures, health.last_error, wait)
+            log.warning(
+                "%s: opened after %d consecutive failure(s), last %s; "
+                "failing fast, retry in %.1f s",
+                health.label,
+                health.failures,
+                health.last_error,
+                wait,
+            )
         elif reopen:
-            log.warning("%s: recovery trial failed (%s); retry in %.1f s",
-                        health.label, health.last_error, wait)
+            log.warning(
+                "%s: recovery trial failed (%s); retry in %.1f s",
+                health.label,
+                health.last_error,
+                wait,
+            )
 
     def _backoff(self, openings: int) -> float:
         """Exponential, +-20 % jitter so that many processes do not probe in step."""
@@ -290,8 +303,11 @@ class Guard:
         key = f"{where}:{type(exc).__name__}"
         if key not in self._contained:
             self._contained.add(key)
-            log.error("connguard internal error in %s; this connect goes ahead unguarded",
-                      where, exc_info=exc)
+            log.error(
+                "connguard internal error in %s; this connect goes ahead unguarded",
+                where,
+                exc_info=exc,
+            )
 
     def after_fork(self) -> None:
         self.table.renew_lock_after_fork()

@@ -9,6 +9,7 @@ holds a half-open slot (``close()`` from another thread does not abort it).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 
@@ -37,7 +38,5 @@ def connect_left_host(sock: socket.socket) -> bool:
 def abort_connect(sock: socket.socket) -> None:
     """Abort a connect still in SYN_SENT; never raises."""
     if tcp_state(sock) == _SYN_SENT or _TCP_INFO is None:
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass

@@ -41,9 +41,7 @@ class Patcher:
         inherited = attribute not in vars(owner)
         original = vars(owner).get(attribute)
         wrapt.wrap_object(owner, attribute, wrapt.FunctionWrapper, (wrapper,))
-        self._patches.append(
-            _Patch(owner, attribute, inherited, original, vars(owner)[attribute])
-        )
+        self._patches.append(_Patch(owner, attribute, inherited, original, vars(owner)[attribute]))
 
     def restore(self) -> None:
         while self._patches:
@@ -51,8 +49,11 @@ class Patcher:
             try:
                 _unwrap(patch)
             except Exception:  # never let cleanup break the application
-                log.exception("connguard could not restore %s.%s",
-                              getattr(patch.owner, "__name__", patch.owner), patch.attribute)
+                log.exception(
+                    "connguard could not restore %s.%s",
+                    getattr(patch.owner, "__name__", patch.owner),
+                    patch.attribute,
+                )
 
     def __bool__(self) -> bool:
         return bool(self._patches)
@@ -74,5 +75,8 @@ def _unwrap(patch: _Patch) -> None:
             proxy.__wrapped__ = patch.installed.__wrapped__
             return
         proxy = inner
-    log.warning("connguard's wrapper on %s.%s was replaced by something else; left alone",
-                getattr(patch.owner, "__name__", patch.owner), patch.attribute)
+    log.warning(
+        "connguard's wrapper on %s.%s was replaced by something else; left alone",
+        getattr(patch.owner, "__name__", patch.owner),
+        patch.attribute,
+    )

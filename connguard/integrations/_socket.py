@@ -29,8 +29,8 @@ from ._patch import Patcher
 __all__ = ["install"]
 
 # Raw descriptors: socket.socket.family/.type convert to enums (~0.5 us each).
-_family_of = _socket.socket.family.__get__  # type: ignore[attr-defined]
-_type_of = _socket.socket.type.__get__  # type: ignore[attr-defined]
+_family_of = _socket.socket.family.__get__
+_type_of = _socket.socket.type.__get__
 _INET = frozenset({socket.AF_INET, socket.AF_INET6})
 _STREAM = socket.SOCK_STREAM
 
@@ -133,8 +133,8 @@ def _connect_ex_wrapper(guard: Guard) -> Any:
             return wrapped(*args, **kwargs)
         timeout = sock.gettimeout()
         deadline = ticket.deadline
-        imposed = timeout != 0.0 and deadline is not None and (
-            timeout is None or timeout > deadline
+        imposed = (
+            timeout != 0.0 and deadline is not None and (timeout is None or timeout > deadline)
         )
         if imposed:
             sock.settimeout(deadline)
