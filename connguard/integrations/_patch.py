@@ -19,6 +19,8 @@ __all__ = ["Patcher"]
 
 log = logging.getLogger("connguard")
 
+_MAX_CHAIN = 32  # wrappers stacked on one attribute; a bound on our walk
+
 Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
@@ -69,8 +71,10 @@ def _unwrap(patch: _Patch) -> None:
         return
     # Someone wrapped on top of us: find the proxy directly above ours and splice.
     proxy = current
-    while isinstance(proxy, wrapt.ObjectProxy):
-        inner = proxy.__wrapped__
+    for _ in range(_MAX_CHAIN):
+        inner = getattr(proxy, "__wrapped__", None)
+        if inner is None:
+            break
         if inner is patch.installed:
             proxy.__wrapped__ = patch.installed.__wrapped__
             return
