@@ -78,8 +78,16 @@ class Ticket:
 
     def succeeded(self, elapsed: float) -> None:
         """The connect completed after ``elapsed`` seconds of connecting."""
+        health = self.health
         try:
-            self.guard._record_success(self, elapsed)
+            if health.failures or self.trial or health.is_open or not health.ever_connected:
+                self.guard._record_success(self, elapsed)
+            else:
+                # The hot path: nothing changes state, so no lock. A race with another
+                # success can drop one sample or count, never corrupt the state.
+                health.observe_connect_time(elapsed)
+                health.successes += 1
+                health.used = True
         except Exception as exc:
             self.guard.contain("record_success", exc)
 
@@ -201,7 +209,7 @@ class Guard:
             health.openings = 0
             if ticket.trial:
                 health.trial_until = 0.0
-            self.table.touch(health)
+            health.used = True
         if was_open:
             log.warning(
                 "%s: closed, endpoint is reachable again (connect %.3f s)", health.label, elapsed
@@ -230,7 +238,7 @@ class Guard:
                 health.openings += 1
                 health.is_open = True
                 health.retry_at = now + wait
-            self.table.touch(health)
+            health.used = True
         if opening:
             log.warning(
                 "%s: opened after %d consecutive failure(s), last %s; "

@@ -47,6 +47,7 @@ class EndpointHealth:
         "srtt",
         "successes",
         "trial_until",
+        "used",
     )
 
     def __init__(
@@ -79,6 +80,7 @@ class EndpointHealth:
         self.successes = 0
         self.failures_total = 0
         self.fast_failures = 0
+        self.used = True  # second-chance bit of the table's eviction (a cheap LRU)
 
     def observe_connect_time(self, seconds: float) -> None:
         """RFC 6298 smoothing of one successful connect time."""
@@ -115,7 +117,7 @@ class EndpointHealth:
 
 
 class HealthTable:
-    """A bounded LRU of ``EndpointHealth`` keyed by ``(host, port)``."""
+    """A bounded table of ``EndpointHealth`` keyed by ``(host, port)``, LRU-like."""
 
     def __init__(self, capacity: int, clock: Callable[[], float]) -> None:
         self.capacity = capacity
@@ -126,20 +128,31 @@ class HealthTable:
         self.get = self._entries.get
 
     def add(self, health: EndpointHealth) -> EndpointHealth:
-        """Insert unless another thread got there first; evict the least recently used."""
+        """Insert unless another thread got there first; evict if over capacity."""
         with self.lock:
             existing = self._entries.get(health.endpoint)
             if existing is not None:
                 return existing
             self._entries[health.endpoint] = health
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+            if len(self._entries) > self.capacity:
+                self._evict()
             return health
 
-    def touch(self, health: EndpointHealth) -> None:
-        """Mark as recently used; call with the lock held."""
-        if self._entries.get(health.endpoint) is health:
-            self._entries.move_to_end(health.endpoint)
+    def _evict(self) -> None:
+        """Second chance ("clock") eviction: close to LRU, without touching the hot path.
+
+        Entries used since the last pass go to the back with their bit cleared; the
+        first unused one from the front goes. One pass at most, so O(n) worst case
+        only after n uses, O(1) amortised.
+        """
+        entries = self._entries
+        for _ in range(len(entries)):
+            endpoint, oldest = entries.popitem(last=False)
+            if not oldest.used:
+                return
+            oldest.used = False
+            entries[endpoint] = oldest
+        entries.popitem(last=False)
 
     def remove(self, endpoint: Endpoint) -> None:
         with self.lock:

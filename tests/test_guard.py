@@ -280,17 +280,17 @@ def test_transitions_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     assert "retry in 5.0 s" in opened[0].getMessage()
 
 
-def test_registry_is_bounded_lru() -> None:
-    """The table never holds more than max_endpoints; the least recently used goes."""
+def test_registry_is_bounded_with_second_chance_eviction() -> None:
+    """The table never exceeds max_endpoints; an entry used since the last eviction stays."""
     guard = make_guard(FakeClock(), max_endpoints=3)
-    for port in (1, 2, 3):
+    for port in (1, 2, 3, 4):  # the fourth evicts the oldest, clearing every used bit
         admit(guard, ("10.0.0.1", port)).succeeded(0.01)
-    admit(guard, ("10.0.0.1", 1)).succeeded(0.01)  # 1 is now most recent
-    admit(guard, ("10.0.0.1", 4)).succeeded(0.01)
+    admit(guard, ("10.0.0.1", 2)).succeeded(0.01)  # 2 is used again, 3 is not
+    admit(guard, ("10.0.0.1", 5))
     assert sorted(r["endpoint"] for r in guard.status()) == [
-        "10.0.0.1:1",
-        "10.0.0.1:3",
+        "10.0.0.1:2",
         "10.0.0.1:4",
+        "10.0.0.1:5",
     ]
 
 

@@ -17,6 +17,7 @@ import _socket
 import errno
 import os
 import socket
+import sys
 import time
 from typing import Any
 
@@ -33,6 +34,15 @@ _family_of = _socket.socket.family.__get__
 _type_of = _socket.socket.type.__get__
 _INET = frozenset({socket.AF_INET, socket.AF_INET6})
 _STREAM = socket.SOCK_STREAM
+_TCP = socket.IPPROTO_TCP
+
+# How a deadline is applied to a blocking connect.
+_NONE, _KERNEL, _TIMEOUT = object(), object(), object()
+# Linux bounds SYN_SENT itself with TCP_USER_TIMEOUT (ms). The check runs on the SYN
+# retransmission timer, so below the first retransmission (1 s) it fires late:
+# shorter deadlines use a Python socket timeout instead.
+_KERNEL_CAP = getattr(socket, "TCP_USER_TIMEOUT", None) if sys.platform == "linux" else None
+_KERNEL_CAP_MIN = 1.0
 
 # errno returned by connect_ex -> the exception connect() would have raised
 _ERRNO_EXCEPTIONS: dict[int, type[OSError]] = {
@@ -70,17 +80,27 @@ def _connect_wrapper(guard: Guard) -> Any:
         if timeout == 0.0:
             return _connect_nonblocking(wrapped, ticket, args, kwargs)
         deadline = ticket.deadline
-        imposed = deadline is not None and (timeout is None or timeout > deadline)
-        if imposed:
-            sock.settimeout(deadline)
+        how = _NONE
+        if deadline is not None and (timeout is None or timeout > deadline):
+            if timeout is None and deadline >= _KERNEL_CAP_MIN and _KERNEL_CAP is not None:
+                # One setsockopt instead of a Python timeout (two ioctls, then poll and
+                # SO_ERROR on every connect): the kernel itself gives up on the SYN.
+                how = _KERNEL
+                sock.setsockopt(_TCP, _KERNEL_CAP, int(deadline * 1000))
+            else:
+                how = _TIMEOUT
+                sock.settimeout(deadline)
         started = monotonic()
         try:
             result = wrapped(*args, **kwargs)
         except TimeoutError as exc:
-            left_host = connect_left_host(sock)
-            abort_connect(sock)
-            ticket.failed(exc, left_host=left_host)
-            if imposed:
+            if how is _KERNEL:
+                ticket.failed(exc)  # the kernel's own SYN timeout: the SYN left
+            else:
+                left_host = connect_left_host(sock)
+                abort_connect(sock)
+                ticket.failed(exc, left_host=left_host)
+            if how is not _NONE:
                 raise ConnectDeadlineExceeded(
                     f"connguard: connect to {ticket.label} exceeded its deadline of "
                     f"{deadline:.3g} s",
@@ -95,12 +115,22 @@ def _connect_wrapper(guard: Guard) -> Any:
             ticket.abandoned()
             raise
         finally:
-            if imposed:
+            if how is _KERNEL:
+                # The cap would also bound unacknowledged data later: lift it.
+                _lift_kernel_cap(sock)
+            elif how is _TIMEOUT:
                 sock.settimeout(timeout)
         ticket.succeeded(monotonic() - started)
         return result
 
     return connect
+
+
+def _lift_kernel_cap(sock: Any) -> None:
+    try:
+        sock.setsockopt(_TCP, _KERNEL_CAP, 0)
+    except OSError:
+        pass  # the socket is already closed or reset: nothing left to bound
 
 
 def _connect_nonblocking(
