@@ -18,6 +18,7 @@ __all__ = ["MODULES", "install_integrations"]
 # name in CONNGUARD_INTEGRATIONS -> module implementing it
 MODULES: dict[str, str] = {
     "socket": "connguard.integrations._socket",
+    "ldap3": "connguard.integrations._ldap3",
 }
 
 
