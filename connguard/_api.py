@@ -60,6 +60,7 @@ def install(*, environ: Mapping[str, str] | None = None, **overrides: Any) -> bo
                 patcher.restore()
             _state.patchers = []
             raise
+        guard.watchdog.start()
         _state.guard = guard
         log.info(
             "connguard installed (%s mode, integrations: %s)",
@@ -81,6 +82,8 @@ def uninstall() -> None:
         for patcher in reversed(_state.patchers):
             patcher.restore()
         _state.patchers = []
+        if _state.guard is not None:
+            _state.guard.watchdog.stop()
         _state.guard = None
 
 

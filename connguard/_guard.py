@@ -25,6 +25,7 @@ from ._config import Config, Override
 from ._endpoint import Endpoint
 from ._errors import EndpointUnavailable
 from ._health import EndpointHealth, HealthTable
+from ._watchdog import Watchdog
 
 __all__ = ["Guard", "Ticket", "classify_failure"]
 
@@ -59,7 +60,11 @@ def classify_failure(exc: BaseException) -> str | None:
 class Ticket:
     """Permission for one connect, with its deadline; report exactly one outcome."""
 
-    __slots__ = ("deadline", "guard", "health", "trial")
+    __slots__ = ("deadline", "expires", "guard", "health", "sock", "trial")
+
+    # Set by an integration that hands the connect to the watchdog.
+    sock: Any
+    expires: float
 
     def __init__(self, guard: Guard, health: EndpointHealth, deadline: float | None, trial: bool):
         self.guard = guard
@@ -141,6 +146,8 @@ class Guard:
         self.callers_may_trial = True
         # The connect lane (CONNGUARD_MAX_INFLIGHT_CONNECTS > 0), or None: no gate.
         self.gate: Any = None
+        # Aborts blocking connects that outlive their deadline (started by install()).
+        self.watchdog = Watchdog(clock)
         self._contained: set[str] = set()
         self._unguarded_everything = False
         _GUARDS.add(self)
@@ -319,3 +326,4 @@ class Guard:
 
     def after_fork(self) -> None:
         self.table.renew_lock_after_fork()
+        self.watchdog.after_fork()

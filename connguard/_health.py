@@ -83,14 +83,23 @@ class EndpointHealth:
         self.used = True  # second-chance bit of the table's eviction (a cheap LRU)
 
     def observe_connect_time(self, seconds: float) -> None:
-        """RFC 6298 smoothing of one successful connect time."""
-        if self.srtt is None:
-            self.srtt = seconds
-            self.rttvar = seconds / 2
+        """RFC 6298 smoothing of one successful connect time (on the hot path: kept lean)."""
+        srtt = self.srtt
+        if srtt is None:
+            srtt = seconds
+            rttvar = seconds / 2
         else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - seconds)
-            self.srtt = 0.875 * self.srtt + 0.125 * seconds
-        self.budget = min(self.ceiling, max(self.floor, self.srtt + 4 * self.rttvar))
+            error = seconds - srtt
+            rttvar = 0.75 * self.rttvar + 0.25 * (error if error >= 0 else -error)
+            srtt += 0.125 * error
+        self.srtt = srtt
+        self.rttvar = rttvar
+        budget = srtt + 4 * rttvar
+        if budget < self.floor:
+            budget = self.floor
+        elif budget > self.ceiling:
+            budget = self.ceiling
+        self.budget = budget
 
     def state_name(self, now: float) -> str:
         if not self.is_open:

@@ -13,11 +13,11 @@ import contextlib
 import socket
 import sys
 
-__all__ = ["abort_connect", "connect_left_host"]
+__all__ = ["SYN_SENT", "TCP_CLOSE", "abort_connect", "connect_left_host", "tcp_state"]
 
 _TCP_INFO = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None
-_SYN_SENT = 2
-_TCP_CLOSE = 7
+SYN_SENT = 2
+TCP_CLOSE = 7
 
 
 def tcp_state(sock: socket.socket) -> int | None:
@@ -32,11 +32,11 @@ def tcp_state(sock: socket.socket) -> int | None:
 
 def connect_left_host(sock: socket.socket) -> bool:
     """After a connect timed out: did its SYN leave this host? True when unknown."""
-    return tcp_state(sock) != _TCP_CLOSE
+    return tcp_state(sock) != TCP_CLOSE
 
 
 def abort_connect(sock: socket.socket) -> None:
     """Abort a connect still in SYN_SENT; never raises."""
-    if tcp_state(sock) == _SYN_SENT or _TCP_INFO is None:
+    if tcp_state(sock) == SYN_SENT or _TCP_INFO is None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)

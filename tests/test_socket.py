@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _socket
+import contextlib
 import errno
 import logging
 import os
@@ -372,3 +373,33 @@ def test_child_after_fork_connects() -> None:
             guard.table.lock.release()
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_connect_held_on_the_host_is_not_cut_by_the_deadline() -> None:
+    """A connect queued by a serializing host past its deadline still completes, uncounted.
+
+    Its SYN had not left the host, so the endpoint is not to blame; the watchdog
+    counts the deadline again from when it could have left.
+    """
+    from connguard.testing import serialized_host
+
+    with serialized_host(1), blackhole() as dead, tcp_server() as live:
+        connguard.install(
+            environ={"CONNGUARD_EXCLUDE": f"127.0.0.1:{dead.port}"},
+            connect_timeout=0.5,
+            min_connect_timeout=0.5,
+        )
+
+        def hold_the_slot() -> None:
+            with contextlib.suppress(TimeoutError):
+                connect(dead.address, 1.5)
+
+        holder = threading.Thread(target=hold_the_slot)
+        holder.start()
+        time.sleep(0.1)  # the holder's SYN is out and holds the only slot
+        started = time.monotonic()
+        connect(live.address)
+        waited = time.monotonic() - started
+        holder.join(5)
+        assert waited > 0.9  # it really waited behind the holder, past its 0.5 s deadline
+        assert record(f"127.0.0.1:{live.port}")["failures_total"] == 0

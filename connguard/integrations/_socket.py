@@ -17,13 +17,13 @@ import _socket
 import errno
 import os
 import socket
-import sys
 import time
 from typing import Any
 
 from .._errors import ConnectDeadlineExceeded, EndpointUnavailable
 from .._guard import Guard, Ticket
 from .._tcp import abort_connect, connect_left_host
+from .._watchdog import WATCHDOG_ABORTS
 from ._context import admitted_above
 from ._patch import Patcher
 
@@ -32,17 +32,13 @@ __all__ = ["install"]
 # Raw descriptors: socket.socket.family/.type convert to enums (~0.5 us each).
 _family_of = _socket.socket.family.__get__
 _type_of = _socket.socket.type.__get__
-_INET = frozenset({socket.AF_INET, socket.AF_INET6})
-_STREAM = socket.SOCK_STREAM
+_INET = frozenset({int(socket.AF_INET), int(socket.AF_INET6)})
+_STREAM = int(socket.SOCK_STREAM)
 _TCP = socket.IPPROTO_TCP
 
-# How a deadline is applied to a blocking connect.
-_NONE, _KERNEL, _TIMEOUT = object(), object(), object()
-# Linux bounds SYN_SENT itself with TCP_USER_TIMEOUT (ms). The check runs on the SYN
-# retransmission timer, so below the first retransmission (1 s) it fires late:
-# shorter deadlines use a Python socket timeout instead.
-_KERNEL_CAP = getattr(socket, "TCP_USER_TIMEOUT", None) if sys.platform == "linux" else None
-_KERNEL_CAP_MIN = 1.0
+# How a deadline is applied to a blocking connect: not at all, by the watchdog
+# (Linux: shutdown() aborts the SYN), or by a socket timeout (elsewhere).
+_NONE, _WATCHED, _TIMEOUT = object(), object(), object()
 
 # errno returned by connect_ex -> the exception connect() would have raised
 _ERRNO_EXCEPTIONS: dict[int, type[OSError]] = {
@@ -71,9 +67,18 @@ def _admission(guard: Guard, sock: Any, args: tuple[Any, ...]) -> Ticket | None:
 
 def _connect_wrapper(guard: Guard) -> Any:
     monotonic = time.monotonic
+    admit = guard.admit
+    watch = guard.watchdog.watch
+    unwatch = guard.watchdog.unwatch
 
     def connect(wrapped: Any, sock: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        ticket = _admission(guard, sock, args)
+        # _admission(), inlined: this is the hottest line of connguard.
+        if _type_of(sock) != _STREAM or _family_of(sock) not in _INET or admitted_above.get():
+            return wrapped(*args, **kwargs)
+        address = args[0] if args else None
+        if type(address) is not tuple or len(address) < 2:
+            return wrapped(*args, **kwargs)
+        ticket = admit(address[0], address[1])
         if ticket is None:
             return wrapped(*args, **kwargs)
         timeout = sock.gettimeout()
@@ -81,56 +86,56 @@ def _connect_wrapper(guard: Guard) -> Any:
             return _connect_nonblocking(wrapped, ticket, args, kwargs)
         deadline = ticket.deadline
         how = _NONE
+        started = monotonic()
+        key = id(sock)
         if deadline is not None and (timeout is None or timeout > deadline):
-            if timeout is None and deadline >= _KERNEL_CAP_MIN and _KERNEL_CAP is not None:
-                # One setsockopt instead of a Python timeout (two ioctls, then poll and
-                # SO_ERROR on every connect): the kernel itself gives up on the SYN.
-                how = _KERNEL
-                sock.setsockopt(_TCP, _KERNEL_CAP, int(deadline * 1000))
+            if WATCHDOG_ABORTS:
+                how = _WATCHED
+                ticket.sock = sock
+                ticket.expires = started + deadline
+                watch(key, ticket)
             else:
                 how = _TIMEOUT
                 sock.settimeout(deadline)
-        started = monotonic()
         try:
             result = wrapped(*args, **kwargs)
-        except TimeoutError as exc:
-            if how is _KERNEL:
-                ticket.failed(exc)  # the kernel's own SYN timeout: the SYN left
-            else:
+        except OSError as exc:
+            if how is _WATCHED and not unwatch(key):
+                raise _deadline_exceeded(ticket) from exc
+            if isinstance(exc, TimeoutError):
                 left_host = connect_left_host(sock)
                 abort_connect(sock)
+                if how is _TIMEOUT:
+                    raise _deadline_exceeded(ticket, left_host) from exc
                 ticket.failed(exc, left_host=left_host)
-            if how is not _NONE:
-                raise ConnectDeadlineExceeded(
-                    f"connguard: connect to {ticket.label} exceeded its deadline of "
-                    f"{deadline:.3g} s",
-                    ticket.label,
-                    deadline,
-                ) from exc
-            raise
-        except OSError as exc:
-            ticket.failed(exc)
+            else:
+                ticket.failed(exc)
             raise
         except BaseException:
+            if how is _WATCHED:
+                unwatch(key)
             ticket.abandoned()
             raise
         finally:
-            if how is _KERNEL:
-                # The cap would also bound unacknowledged data later: lift it.
-                _lift_kernel_cap(sock)
-            elif how is _TIMEOUT:
+            if how is _TIMEOUT:
                 sock.settimeout(timeout)
+        if how is _WATCHED and not unwatch(key):
+            # Connected in the instant the watchdog aborted it: the socket is shut down.
+            raise _deadline_exceeded(ticket)
         ticket.succeeded(monotonic() - started)
         return result
 
     return connect
 
 
-def _lift_kernel_cap(sock: Any) -> None:
-    try:
-        sock.setsockopt(_TCP, _KERNEL_CAP, 0)
-    except OSError:
-        pass  # the socket is already closed or reset: nothing left to bound
+def _deadline_exceeded(ticket: Ticket, left_host: bool = True) -> ConnectDeadlineExceeded:
+    """Record the expiry as a timeout of the endpoint; build the caller's error."""
+    ticket.failed(TimeoutError(errno.ETIMEDOUT, "connect deadline exceeded"), left_host=left_host)
+    return ConnectDeadlineExceeded(
+        f"connguard: connect to {ticket.label} exceeded its deadline of {ticket.deadline:.3g} s",
+        ticket.label,
+        ticket.deadline,
+    )
 
 
 def _connect_nonblocking(
