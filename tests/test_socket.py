@@ -5,6 +5,7 @@ from __future__ import annotations
 import _socket
 import contextlib
 import errno
+import json
 import logging
 import os
 import socket
@@ -61,6 +62,7 @@ def test_live_endpoint_connects_and_is_tracked() -> None:
         label = f"127.0.0.1:{server.port}"
         assert record(label)["successes"] == 3
         assert record(label)["state"] == "closed"
+        assert json.loads(json.dumps(connguard.status())) == connguard.status()
 
 
 @pytest.mark.parametrize("timeout", [None, 30.0, 0.25])
