@@ -18,6 +18,8 @@ __all__ = ["MODULES", "install_integrations"]
 # name in CONNGUARD_INTEGRATIONS -> module implementing it
 MODULES: dict[str, str] = {
     "socket": "connguard.integrations._socket",
+    "asyncio": "connguard.integrations._asyncio",
+    "httpx": "connguard.integrations._httpx",
     "ldap3": "connguard.integrations._ldap3",
 }
 

@@ -1,0 +1,252 @@
+"""asyncio: ``loop.sock_connect`` (selector and proactor loops) and uvloop's ``create_connection``.
+
+``loop.create_connection``/``asyncio.open_connection`` call ``sock_connect`` once
+per resolved address and move on to the next address on any ``OSError``, so
+guarding ``sock_connect`` gives per-address fail fast: a known-dead first
+address is skipped at once.
+
+- Open endpoint: ``EndpointUnavailable`` at once, no SYN sent.
+- A ticket with a deadline: the connect runs under ``asyncio.timeout`` (or
+  ``wait_for`` before 3.11); on expiry the SYN is aborted (``shutdown``) and
+  ``ConnectDeadlineExceeded`` (a ``TimeoutError``) is raised. A caller's own
+  shorter timeout or cancellation wins and is reported as no outcome.
+- The inner call runs with ``admitted_above`` set, so the socket-level wrapper
+  (the loop calls ``sock.connect`` on a non-blocking socket) steps aside: a
+  second admission of the same key would refuse a recovery trial.
+
+uvloop connects in C and never calls ``sock_connect``: when uvloop is imported
+(before or after ``install()``) its ``Loop.create_connection`` is guarded by
+``(host, port)`` as given; anyio (httpx) passes resolved addresses there, so
+that path stays per address too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.selector_events
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import wrapt
+
+from .. import _api
+from .._errors import ConnectDeadlineExceeded
+from .._guard import Guard, Ticket
+from .._tcp import abort_connect, connect_left_host
+from ._context import admitted_above
+from ._patch import Patcher
+
+__all__ = ["install"]
+
+_INET = (socket.AF_INET, socket.AF_INET6)
+_HAS_ASYNCIO_TIMEOUT = sys.version_info >= (3, 11)
+
+
+def install(guard: Guard) -> Patcher:
+    patcher = Patcher()
+    patcher.wrap(
+        asyncio.selector_events.BaseSelectorEventLoop, "sock_connect", _sock_connect_wrapper(guard)
+    )
+    proactor = _proactor_loop_class()
+    if proactor is not None:
+        patcher.wrap(proactor, "sock_connect", _sock_connect_wrapper(guard))
+    _hook_uvloop(guard, patcher)
+    return patcher
+
+
+def _proactor_loop_class() -> Any:
+    """Windows' proactor loop connects with ConnectEx, never through ``sock.connect``."""
+    if sys.platform != "win32":
+        return None
+    try:
+        import asyncio.proactor_events as proactor_events
+    except ImportError:  # pragma: no cover - present on every CPython for Windows
+        return None
+    cls = getattr(proactor_events, "BaseProactorEventLoop", None)
+    return cls if cls is not None and hasattr(cls, "sock_connect") else None
+
+
+# -- the lane -------------------------------------------------------------------------
+# The connect lane (connguard/_gate.py, CONNGUARD_MAX_INFLIGHT_CONNECTS) is not wired
+# here yet. Its owner adds the two steps below: await a slot before the connect and
+# give it back after, in every outcome. Both are no-ops while ``guard.gate`` is None.
+
+
+async def _enter_lane(guard: Guard, ticket: Ticket) -> None:
+    """Wait for a connect slot (lane engineer: ``await guard.gate.acquire_async(...)``)."""
+    if guard.gate is None:
+        return
+
+
+def _leave_lane(guard: Guard, ticket: Ticket) -> None:
+    """Give the slot back (lane engineer: ``guard.gate.release(...)``); never raises."""
+    if guard.gate is None:
+        return
+
+
+# -- sock_connect -----------------------------------------------------------------------
+
+
+def _target(sock: Any, address: Any) -> tuple[str, int] | None:
+    """``(host, port)`` of a guarded TCP connect, or None to pass through."""
+    try:
+        if sock.type != socket.SOCK_STREAM or sock.family not in _INET:
+            return None
+    except Exception:
+        return None
+    if type(address) is not tuple or len(address) < 2:
+        return None
+    host, port = address[0], address[1]
+    if not isinstance(host, str) or not isinstance(port, int):
+        return None
+    return host, port
+
+
+def _sock_connect_wrapper(guard: Guard) -> Any:
+    async def sock_connect(
+        wrapped: Any, loop: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if admitted_above.get():
+            return await wrapped(*args, **kwargs)
+        sock = args[0] if args else kwargs.get("sock")
+        address = args[1] if len(args) > 1 else kwargs.get("address")
+        target = _target(sock, address)
+        if target is None:
+            return await wrapped(*args, **kwargs)
+        ticket = guard.admit(*target)  # EndpointUnavailable propagates: the fast failure
+        if ticket is None:
+            return await wrapped(*args, **kwargs)
+        return await guarded_connect(guard, ticket, sock, lambda: wrapped(*args, **kwargs))
+
+    return sock_connect
+
+
+async def guarded_connect(
+    guard: Guard,
+    ticket: Ticket,
+    sock: Any,
+    connect: Callable[[], Awaitable[Any]],
+) -> Any:
+    """Run ``connect()`` for ``ticket``: lane, deadline, abort on expiry, one outcome.
+
+    ``sock`` (may be None when the socket is not ours to see, as with uvloop)
+    is aborted when the deadline expires and tells whether the SYN left the host.
+    """
+    await _enter_lane(guard, ticket)
+    try:
+        return await _connect_with_deadline(ticket, sock, connect)
+    finally:
+        _leave_lane(guard, ticket)
+
+
+async def _connect_with_deadline(
+    ticket: Ticket, sock: Any, connect: Callable[[], Awaitable[Any]]
+) -> Any:
+    deadline = ticket.deadline
+    token = admitted_above.set(True)
+    started = time.monotonic()
+    expired = False
+    try:
+        if deadline is None:
+            result = await connect()
+        elif _HAS_ASYNCIO_TIMEOUT:
+            scope = asyncio.timeout(deadline)
+            try:
+                async with scope:
+                    result = await connect()
+            except TimeoutError:
+                expired = scope.expired()
+                raise
+        else:  # pragma: no cover - Python 3.10
+            try:
+                result = await asyncio.wait_for(connect(), deadline)
+            except asyncio.TimeoutError:
+                expired = True
+                raise
+    except TimeoutError as exc:
+        left_host = True if sock is None else connect_left_host(sock)
+        if sock is not None:
+            abort_connect(sock)
+        ticket.failed(exc, left_host=left_host)
+        if expired:
+            raise ConnectDeadlineExceeded(
+                f"connguard: connect to {ticket.label} exceeded its deadline of {deadline:.3g} s",
+                ticket.label,
+                deadline,
+            ) from exc
+        raise
+    except OSError as exc:
+        ticket.failed(exc)
+        raise
+    except BaseException:
+        # Cancelled (happy eyeballs lost the race, the caller's own timeout): no
+        # evidence about the endpoint. Stop the SYN so it holds no half-open slot.
+        if sock is not None:
+            abort_connect(sock)
+        ticket.abandoned()
+        raise
+    finally:
+        admitted_above.reset(token)
+    ticket.succeeded(time.monotonic() - started)
+    return result
+
+
+# -- uvloop ------------------------------------------------------------------------------
+
+
+def _hook_uvloop(guard: Guard, patcher: Patcher) -> None:
+    """Guard ``uvloop.Loop.create_connection`` now or when uvloop gets imported."""
+    wrapper = _create_connection_wrapper(guard)
+
+    def patch(module: Any) -> None:
+        try:
+            patcher.wrap(module.Loop, "create_connection", wrapper)
+        except Exception as exc:
+            guard.contain("asyncio.uvloop", exc)
+
+    def on_import(module: Any) -> None:
+        # Hooks cannot be unregistered: act only for the guard still installed.
+        try:
+            if _api.current_guard() is guard:
+                patch(module)
+        except Exception as exc:  # never break the user's import
+            guard.contain("asyncio.uvloop_hook", exc)
+
+    module = sys.modules.get("uvloop")
+    if module is not None:
+        patch(module)
+    else:
+        wrapt.register_post_import_hook(on_import, "uvloop")
+
+
+def _create_connection_wrapper(guard: Guard) -> Any:
+    async def create_connection(
+        wrapped: Any, loop: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        host = args[1] if len(args) > 1 else kwargs.get("host")
+        port = args[2] if len(args) > 2 else kwargs.get("port")
+        if (
+            admitted_above.get()
+            or kwargs.get("sock") is not None
+            or not isinstance(host, str)
+            or not isinstance(port, int)
+        ):
+            return await wrapped(*args, **kwargs)
+        ticket = guard.admit(host, port)
+        if ticket is None:
+            return await wrapped(*args, **kwargs)
+        if kwargs.get("ssl"):
+            # The call includes the TLS handshake: a deadline would cut slow
+            # handshakes and count them as dead endpoints. Fail fast only.
+            ticket = _without_deadline(ticket)
+        return await guarded_connect(guard, ticket, None, lambda: wrapped(*args, **kwargs))
+
+    return create_connection
+
+
+def _without_deadline(ticket: Ticket) -> Ticket:
+    ticket.deadline = None
+    return ticket
