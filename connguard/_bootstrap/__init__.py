@@ -1,0 +1,1 @@
+"""The directory ``connguard run`` puts first on ``PYTHONPATH`` (see sitecustomize.py)."""
