@@ -236,9 +236,7 @@ def _cmd_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     out.write("connguard configuration (read from the environment):\n")
     width = max(len(s["variable"]) for s in settings)
     for s in settings:
-        out.write(
-            f"  {s['variable']:<{width}}  {s['source']:<11}  {_config_text(s['value'])}\n"
-        )
+        out.write(f"  {s['variable']:<{width}}  {s['source']:<11}  {_config_text(s['value'])}\n")
     for name in unknown:
         out.write(f"  {name}: unknown variable, ignored\n")
     out.write("valid.\n")
@@ -393,7 +391,7 @@ def _ping_group_range() -> str | None:
 def _icmp_checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     total = (total >> 16) + (total & 0xFFFF)
     total += total >> 16
     return ~total & 0xFFFF
@@ -408,13 +406,15 @@ def _icmp_probe(family: socket.AddressFamily, address: str, timeout: float) -> _
         sock = socket.socket(family, socket.SOCK_DGRAM, proto)
     except PermissionError as exc:
         groups = _ping_group_range()
+        groups = None if groups is None else " ".join(groups.split())
         return _Probe(
             address,
             "not permitted",
             error=(
                 f"{_error_text(exc)}: this OS does not let this user send ICMP echo without "
                 "privileges; unprivileged ICMP sockets need the process's group inside "
-                f"net.ipv4.ping_group_range (here {groups!r})"
+                f"net.ipv4.ping_group_range (here {groups!r}); widen it with sysctl, "
+                "or use --precheck udp-echo"
                 if groups is not None
                 else f"{_error_text(exc)}: this OS does not allow unprivileged ICMP echo"
             ),
@@ -483,7 +483,7 @@ def _cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         report["verdict"] = "reachable" if reachable else probes[0].verdict
         report["addresses"] = [p.as_dict() for p in probes]
     if kind != "tcp":
-        label = "udp-echo:%d" % echo_port if kind == "udp-echo" else kind
+        label = f"udp-echo:{echo_port}" if kind == "udp-echo" else kind
         report["precheck"] = {"kind": label, "results": [p.as_dict() for p in precheck]}
     if args.json:
         _print_json(report, out)
@@ -499,7 +499,8 @@ def _write_check(
     if report["verdict"] == "unresolved":
         out.write(f"  cannot resolve the host: {report['error']}\n")
     kind = report.get("precheck", {}).get("kind")
-    for tcp, pre in zip(probes, precheck or [None] * len(probes), strict=True):
+    pres: list[_Probe | None] = list(precheck) if precheck else [None] * len(probes)
+    for tcp, pre in zip(probes, pres, strict=True):
         line = f"  {tcp.address}: tcp connect {tcp.verdict}, {_ms(tcp.seconds)}"
         if tcp.error and tcp.verdict != "no answer (timeout)":
             line += f" ({tcp.error})"
@@ -600,9 +601,9 @@ class _Round:
     def as_dict(self) -> dict[str, Any]:
         return {
             "dead_connects": self.dead_connects,
-            "live_connect_seconds": None if self.live_seconds is None else round(
-                self.live_seconds, 6
-            ),
+            "live_connect_seconds": None
+            if self.live_seconds is None
+            else round(self.live_seconds, 6),
             "waited": self.waited,
             "released_after_abort_seconds": None
             if self.released_after_abort is None
@@ -916,27 +917,36 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=raw,
     )
     doctor.add_argument(
-        "--dead", type=_host_port, metavar="HOST:PORT",
+        "--dead",
+        type=_host_port,
+        metavar="HOST:PORT",
         help="an endpoint that drops SYNs (default: a loopback blackhole)",
     )
     doctor.add_argument(
-        "--live", type=_host_port, metavar="HOST:PORT",
+        "--live",
+        type=_host_port,
+        metavar="HOST:PORT",
         help="an endpoint that accepts connects (default: a loopback listener)",
     )
     doctor.add_argument(
-        "--timeout", type=_seconds, default=2.0, metavar="S",
+        "--timeout",
+        type=_seconds,
+        default=2.0,
+        metavar="S",
         help="how long a live connect may wait behind the dead ones before the dead "
         "connects are aborted (default 2)",
     )
     doctor.add_argument(
-        "--max-slots", type=int, choices=range(1, 17), default=4, metavar="N",
+        "--max-slots",
+        type=int,
+        choices=range(1, 17),
+        default=4,
+        metavar="N",
         help="try up to N concurrent dead connects, 1..16 (default 4)",
     )
     doctor.add_argument("--json", action="store_true", help="print one JSON object")
     # Testing aid (docs/cli.md): emulate a serialized host inside this process.
-    doctor.add_argument(
-        "--testing-serialized-slots", type=int, default=0, help=argparse.SUPPRESS
-    )
+    doctor.add_argument("--testing-serialized-slots", type=int, default=0, help=argparse.SUPPRESS)
     doctor.set_defaults(handler=_cmd_doctor)
 
     check = commands.add_parser(
@@ -948,12 +958,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("endpoint", type=_host_port, metavar="HOST:PORT")
     check.add_argument(
-        "--precheck", type=_precheck_arg, default=("tcp", None),
+        "--precheck",
+        type=_precheck_arg,
+        default=("tcp", None),
         metavar="tcp|udp-echo[:PORT]|icmp",
         help="also run this pre-check (udp-echo: default port 7); default tcp only",
     )
     check.add_argument(
-        "--timeout", type=_seconds, default=3.0, metavar="S",
+        "--timeout",
+        type=_seconds,
+        default=3.0,
+        metavar="S",
         help="connect and pre-check timeout in seconds (default 3)",
     )
     check.add_argument("--json", action="store_true", help="print one JSON object")
@@ -977,8 +992,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_RUN_EPILOG,
         formatter_class=raw,
     )
-    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS ...]",
-                     help="the command to run, after --")
+    run.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD [ARGS ...]",
+        help="the command to run, after --",
+    )
     run.set_defaults(handler=_cmd_run)
 
     status = commands.add_parser(
@@ -988,8 +1007,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_STATUS_EPILOG,
         formatter_class=raw,
     )
-    status.add_argument("file", nargs="?", metavar="FILE",
-                        help="JSON list of status records ('-' for stdin)")
+    status.add_argument(
+        "file", nargs="?", metavar="FILE", help="JSON list of status records ('-' for stdin)"
+    )
     status.add_argument("--json", action="store_true", help="print the records as JSON")
     status.set_defaults(handler=_cmd_status)
 

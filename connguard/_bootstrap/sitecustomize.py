@@ -19,6 +19,7 @@ sitecustomize altogether, and then connguard is not installed.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -37,7 +38,7 @@ def _chain_to_next_sitecustomize() -> None:
     # Drop our directory for good: nothing else in it is meant to be importable.
     sys.path[:] = [entry for entry in sys.path if not _same_dir(entry, here)]
     try:
-        import sitecustomize  # noqa: F401  (the program's own, found further down)
+        importlib.import_module("sitecustomize")  # the program's own, further down
     except ImportError as exc:
         if exc.name != "sitecustomize":
             raise  # site.py reports it, exactly as without connguard
