@@ -76,6 +76,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _hold_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value < 0.3:  # the wait must stand out from a loopback connect and the 0.2 s settle
+        raise argparse.ArgumentTypeError(f"{text} s is below doctor's minimum of 0.3 s")
+    return value
+
+
 def _label(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -930,7 +937,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument(
         "--timeout",
-        type=_seconds,
+        type=_hold_seconds,
         default=2.0,
         metavar="S",
         help="how long a live connect may wait behind the dead ones before the dead "

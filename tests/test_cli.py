@@ -177,6 +177,67 @@ def test_doctor_text_output_with_given_targets(dead: int, live: int) -> None:
 
 
 @linux_only
+def test_doctor_shows_progress_on_a_terminal() -> None:
+    """With stderr on a terminal doctor shows a live progress line; stdout stays one object."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "connguard",
+                "doctor",
+                "--json",
+                "--timeout",
+                "0.5",
+                "--max-slots",
+                "1",
+                "--testing-serialized-slots",
+                "1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        os.set_blocking(master, False)
+        shown = os.read(master, 65536).decode()
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["slots"] == 1
+    assert "live connect waiting" in shown
+    assert "\r" in shown
+
+
+@linux_only
+def test_doctor_measures_the_host_even_under_run() -> None:
+    """Started through `connguard run`, doctor uninstalls connguard first and still measures."""
+    result = run_cli(
+        "run",
+        "--",
+        sys.executable,
+        "-m",
+        "connguard",
+        "doctor",
+        "--json",
+        "--timeout",
+        "0.5",
+        "--max-slots",
+        "1",
+        "--testing-serialized-slots",
+        "1",
+    )
+    assert result.returncode == 1, result.stderr
+    assert "uninstalled it" in result.stderr
+    assert json.loads(result.stdout)["slots"] == 1
+
+
+@linux_only
 def test_doctor_is_inconclusive_when_the_dead_target_answers(live: int) -> None:
     """A "dead" target that refuses proves nothing: exit 3 and say why."""
     code, report = doctor_json("--dead", f"127.0.0.1:{free_port()}", "--live", f"127.0.0.1:{live}")
@@ -447,6 +508,7 @@ for _ in range(2):
 print(json.dumps({
     "installed": connguard.is_installed(),
     "own_sitecustomize": os.environ.get("CHILD_SITECUSTOMIZE"),
+    "bootstrap_on_path": any("_bootstrap" in entry for entry in sys.path),
     "outcomes": outcomes,
 }))
 sys.exit(int(sys.argv[2]))
@@ -485,6 +547,7 @@ def test_run_guards_the_child(child: tuple[Path, Path], dead: int) -> None:
     report = json.loads(result.stdout)
     assert report["installed"] is True
     assert report["own_sitecustomize"] == "ran"
+    assert report["bootstrap_on_path"] is False
     (first, first_s), (second, second_s) = report["outcomes"]
     assert first == "ConnectDeadlineExceeded"
     assert 0.3 <= first_s < 3
