@@ -953,7 +953,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print one JSON object")
     # Testing aid (docs/cli.md): emulate a serialized host inside this process.
-    doctor.add_argument("--testing-serialized-slots", type=int, default=0, help=argparse.SUPPRESS)
+    doctor.add_argument(
+        "--testing-serialized-slots", type=int, choices=range(17), default=0, help=argparse.SUPPRESS
+    )
     doctor.set_defaults(handler=_cmd_doctor)
 
     check = commands.add_parser(
