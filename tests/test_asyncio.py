@@ -92,7 +92,7 @@ def dual_name(monkeypatch: pytest.MonkeyPatch) -> None:
     real = socket.getaddrinfo
 
     def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if host == DUAL_NAME:
+        if host in (DUAL_NAME, DUAL_NAME.encode()):  # anyio passes IDNA bytes
             return [
                 (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", int(port))),
                 (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.3", int(port))),
