@@ -40,6 +40,7 @@ does not admit the name a second time.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import ssl
 import sys
@@ -336,7 +337,9 @@ def endpoint_error(exc: BaseException) -> OSError | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_ip_literal(host: str) -> bool:
+    # Cached: parsing costs ~2 us, and an application talks to few hosts.
     try:
         ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
