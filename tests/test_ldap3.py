@@ -177,6 +177,9 @@ def test_fast_failure_is_raised_before_a_socket_is_made(slapd: SlapdServer) -> N
             conn.open()
         assert conn.socket is None  # no socket was even created
         assert conn.last_error.startswith("socket connection error while opening: connguard:")
+        # ldap3 rebuilds errors as type(e)(str(e)): the text must survive that unchanged.
+        rebuilt = type(caught.value)(str(caught.value))
+        assert str(rebuilt) == str(caught.value) == conn.last_error
         assert isinstance(caught.value, ConnectionRefusedError)
 
 

@@ -96,8 +96,12 @@ def _patch(guard: Guard, patcher: Patcher) -> None:
         return
     # What ldap3's communication_exception_factory builds, made once: catchable as
     # LDAPSocketOpenError by ldap3 users and as EndpointUnavailable by connguard users.
+    # Its str() is the bare message, so ldap3's rebuild ``type(e)(str(e))`` keeps it
+    # readable instead of stacking "[Errno 111]" prefixes.
     open_error = type(
-        "LDAPSocketOpenError", (exceptions.LDAPSocketOpenError, EndpointUnavailable), {}
+        "LDAPSocketOpenError",
+        (exceptions.LDAPSocketOpenError, EndpointUnavailable),
+        {"__str__": _bare_message},
     )
     exhausted = exceptions.LDAPServerPoolExhaustedError
     find_active = _pool_search_wrapper(guard, exhausted)
@@ -112,6 +116,10 @@ def _patch(guard: Guard, patcher: Patcher) -> None:
             patcher.wrap(owner, attribute, wrapper)
         except Exception as exc:  # a future ldap3 without this hook: patch the rest
             guard.contain(f"ldap3 patch {attribute}", exc)
+
+
+def _bare_message(error: OSError) -> str:
+    return str(error.strerror)
 
 
 # -- reading the circuit ----------------------------------------------------------------
@@ -212,9 +220,9 @@ def _open_socket_wrapper(guard: Guard, open_error: type[Exception]) -> Wrapper:
 
 def _open_failure(strategy: Any, open_error: type[Exception], exc: EndpointUnavailable) -> Any:
     """ldap3's own shape of a failed open, built from connguard's fast failure."""
-    message = exc.strerror or str(exc)
+    message = _CONNECT_ERROR_PREFIX + str(exc.strerror)
     try:
-        strategy.connection.last_error = _CONNECT_ERROR_PREFIX + message
+        strategy.connection.last_error = message
     except Exception:
         pass
     error: Any = open_error(message)
