@@ -66,6 +66,7 @@ _ESTABLISHED = 1
 _MAX_FILLERS = 64
 _FILLER_WAIT = 0.2
 _POLL = 0.001
+_RECHECK = 0.01  # blocking waiters' re-check when no connect call frees the slot
 _STOP_JOIN = 5.0
 
 
@@ -207,6 +208,10 @@ class SerializedHost:
         self.wait_times: list[float] = []
         self.max_waited = 0.0
         self._lock = threading.Lock()
+        # Blocking waiters sleep here instead of spinning: with a hundred threads
+        # queued behind a dead connect, 1 ms polling saturated the GIL and the
+        # queue drained far slower than a real host's would.
+        self._freed = threading.Condition(self._lock)
         # Sockets whose connect we admitted; weak so a dropped socket (closed
         # by the garbage collector) frees its slot like a closed one.
         self._tracked: weakref.WeakSet[socket.socket] = weakref.WeakSet()
@@ -235,17 +240,21 @@ class SerializedHost:
 
     def _try_admit(self, sock: socket.socket, starting: bool) -> bool:
         with self._lock:
-            if self._occupied() >= self.slots:
-                return False
-            self._tracked.add(sock)
-            if starting:
-                self._starting.add(sock)
-            self.connects += 1
-            return True
+            return self._admit_locked(sock, starting)
+
+    def _admit_locked(self, sock: socket.socket, starting: bool) -> bool:
+        if self._occupied() >= self.slots:
+            return False
+        self._tracked.add(sock)
+        if starting:
+            self._starting.add(sock)
+        self.connects += 1
+        return True
 
     def _done(self, sock: socket.socket) -> None:
         with self._lock:
             self._starting.discard(sock)
+            self._freed.notify()  # the next blocking waiter tries at once
 
     def _record_wait(self, waited: float) -> None:
         with self._lock:
@@ -262,12 +271,20 @@ class SerializedHost:
         start = time.monotonic()
         limit = self.max_wait if timeout is None else min(timeout, self.max_wait)
         waited = False
-        while not self._try_admit(sock, starting=True):
-            waited = True
-            if time.monotonic() - start >= limit:
-                self._record_wait(time.monotonic() - start)
-                raise TimeoutError("timed out")
-            time.sleep(_POLL)
+        admitted = True
+        with self._freed:
+            while not self._admit_locked(sock, starting=True):
+                waited = True
+                left = limit - (time.monotonic() - start)
+                if left <= 0:
+                    admitted = False
+                    break
+                # Woken by a connect that returned; the timeout catches slots freed
+                # without a call (a SYN_SENT socket closed, a non-blocking connect).
+                self._freed.wait(min(left, _RECHECK))
+        if not admitted:
+            self._record_wait(time.monotonic() - start)
+            raise TimeoutError("timed out")
         elapsed = time.monotonic() - start
         if waited:
             self._record_wait(elapsed)
