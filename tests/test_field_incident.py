@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -130,3 +131,17 @@ def test_with_the_lane_no_login_waits_for_the_background_agent(slapd: SlapdServe
     assert agent.attempts
     assert all(s.ok for s in samples)
     assert max(s.latency for s in samples) < 0.5
+
+
+def test_demo_runs_both_sides_and_prints_the_table() -> None:
+    """`connguard demo` (short, embedded login service) says what it used and prints the table."""
+    result = subprocess.run(
+        [sys.executable, "-m", "connguard._demo", "--seconds", "6", "--dead-connect", "6",
+         "--login", "embedded"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "embedded login service" in result.stderr
+    rows = {line.split("  ")[0]: line for line in result.stdout.splitlines()}
+    assert {"no guard (the incident)", "connguard, defaults"} <= rows.keys()
+    assert "Without connguard the worst login waited" in result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
