@@ -141,11 +141,11 @@ def _child(spec: dict[str, Any], out: IO[str]) -> None:
 
     login()  # warm up imports, outside the emulator and before install()
     with serialized_host(1):
-        lane = False
+        gate = None
         if spec["row"] != "no-guard":
             _api.install()  # configured by the CONNGUARD_* variables the parent set
             guard = _api.current_guard()
-            lane = guard is not None and guard.gate is not None
+            gate = None if guard is None else guard.gate
         try:
             origin = time.monotonic()
             agent = Agent((host, int(port)), dead_connect=spec["dead_connect"])
@@ -162,6 +162,8 @@ def _child(spec: dict[str, Any], out: IO[str]) -> None:
             load.join(10.0)
             done.set()
             summary = summarize_logins(load.snapshot())
+            # The lane counts only if it really handed out slots in this build.
+            lane = gate is not None and getattr(gate, "granted", 0) > 0
             emit(
                 "result",
                 lane=lane,
