@@ -125,12 +125,12 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     with httpx.Client() as warm:
         warm.get(args.http_url).raise_for_status()
 
-    lane: bool | None = None
+    gate = None
     with serialized_host(1) as host:
         if row.guard is not None:
             connguard.install()  # configured by the CONNGUARD_* variables the parent set
             guard = current_guard()
-            lane = guard is not None and guard.gate is not None
+            gate = None if guard is None else guard.gate
         try:
             with httpx.Client(timeout=httpx.Timeout(60.0)) as client:
 
@@ -161,6 +161,8 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
             status = connguard.status()
         finally:
             connguard.uninstall()
+    # The lane counts as landed only if it really handed out slots in this build.
+    lane = None if gate is None else getattr(gate, "granted", 0) > 0
     return {
         "row": row.key,
         "title": row.title,
