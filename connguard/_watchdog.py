@@ -33,6 +33,9 @@ log = logging.getLogger("connguard")
 # socket timeout instead.
 WATCHDOG_ABORTS = sys.platform == "linux"
 _INTERVAL = 0.02  # the longest a late connect waits for the watchdog to notice
+# After this many empty polls (1 s) the thread sleeps until the next watch() wakes
+# it: an idle process is not woken 50 times a second, and a busy one pays no wake-up.
+_IDLE_AFTER = 50
 
 
 class Watchdog:
@@ -44,6 +47,8 @@ class Watchdog:
         # id(socket) -> the connect's Ticket, whose .sock and .expires say what to watch
         self._inflight: dict[int, Any] = {}
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._idle = False
         self._thread: threading.Thread | None = None
 
     # -- the hot path ------------------------------------------------------------------
@@ -51,6 +56,9 @@ class Watchdog:
     def watch(self, key: int, ticket: Any) -> None:
         """Watch ``ticket.sock`` until ``ticket.expires`` (the ticket is the record)."""
         self._inflight[key] = ticket
+        if self._idle:
+            self._idle = False
+            self._wake.set()
 
     def unwatch(self, key: int) -> bool:
         """True when the connect is still ours; False when the watchdog aborted it."""
@@ -62,11 +70,13 @@ class Watchdog:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop = threading.Event()
+        self._idle = False
         self._thread = threading.Thread(target=self._run, name="connguard-watchdog", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(1.0)
@@ -80,11 +90,26 @@ class Watchdog:
 
     def _run(self) -> None:
         stop = self._stop
-        while not stop.wait(self._sleep()):
+        quiet = 0
+        while not stop.is_set():
+            quiet = quiet + 1 if not self._inflight else 0
+            if quiet >= _IDLE_AFTER:
+                self._sleep_until_woken()
+                quiet = 0
+                continue
+            if stop.wait(self._sleep()):
+                return
             try:
                 self._abort_late()
             except Exception:  # never let the watchdog die: deadlines depend on it
                 log.exception("connguard watchdog error (continuing)")
+
+    def _sleep_until_woken(self) -> None:
+        self._idle = True
+        if not self._inflight:  # a watch() racing the flag is seen here
+            self._wake.wait()
+        self._idle = False
+        self._wake.clear()
 
     def _sleep(self) -> float:
         if not self._inflight:

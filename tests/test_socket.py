@@ -407,3 +407,14 @@ def test_connect_held_on_the_host_is_not_cut_by_the_deadline() -> None:
         connguard.uninstall()  # before the emulator leaves, so both unwind in order
         assert waited > 0.9  # it really waited behind the holder, past its 0.5 s deadline
         assert failures == 0
+
+
+def test_deadline_holds_after_the_watchdog_went_idle() -> None:
+    """The watchdog sleeps when nothing is in flight and still wakes for a late connect."""
+    connguard.install(environ={}, connect_timeout=0.5, min_connect_timeout=0.5)
+    time.sleep(1.3)  # more than the watchdog's idle threshold (1 s of empty polls)
+    with blackhole() as dead:
+        started = time.monotonic()
+        with pytest.raises(ConnectDeadlineExceeded):
+            connect(dead.address)
+        assert time.monotonic() - started < 2.0
