@@ -438,8 +438,9 @@ def plot(results: list[dict[str, Any]], path: Path, dead_connect: float) -> None
         ax.set_yscale("log")
         ax.set_ylim(0.5, top)
         lg = r["logins"]
+        pending = " (pending lane)" if r["row"] == "lane" and not r["lane_active"] else ""
         ax.set_title(
-            f"{r['title']} — p99 {lg['p99_ms']:.0f} ms, max {lg['max_ms']:.0f} ms, "
+            f"{r['title']}{pending} — p99 {lg['p99_ms']:.0f} ms, max {lg['max_ms']:.0f} ms, "
             f"stalled {lg['stalled']}/{lg['count']}",
             fontsize=9,
             loc="left",
