@@ -35,6 +35,7 @@ import http.server
 import select
 import socket
 import socketserver
+import sys
 import threading
 import time
 import weakref
@@ -600,6 +601,11 @@ class _ThreadingServer(http.server.ThreadingHTTPServer):
         with self.conns_lock:
             self.open_conns.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that resets a keep-alive connection is normal here, not news.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     def wake_handlers(self) -> None:
         # Handler threads block reading the next keep-alive request; a
