@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ._api import install as install
 from ._api import is_installed as is_installed
+from ._api import lane_status as lane_status
 from ._api import reset as reset
 from ._api import status as status
 from ._api import uninstall as uninstall
@@ -25,6 +26,7 @@ __all__ = [
     "EndpointUnavailable",
     "install",
     "is_installed",
+    "lane_status",
     "reset",
     "status",
     "uninstall",

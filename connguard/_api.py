@@ -13,18 +13,27 @@ from ._endpoint import parse_endpoint
 from ._errors import ConfigError
 from ._guard import Guard
 
-__all__ = ["current_guard", "install", "is_installed", "reset", "status", "uninstall"]
+__all__ = [
+    "current_guard",
+    "install",
+    "is_installed",
+    "lane_status",
+    "reset",
+    "status",
+    "uninstall",
+]
 
 log = logging.getLogger("connguard")
 
 
 class _State:
-    __slots__ = ("guard", "lock", "patchers", "stoppers")
+    __slots__ = ("guard", "lock", "patchers", "prober", "stoppers")
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.guard: Guard | None = None
         self.patchers: list[Any] = []
+        self.prober: Any = None  # connguard._probe.Prober, when recovery is probed
         # Called at uninstall(), newest first (background threads, hooks).
         self.stoppers: list[Callable[[], None]] = []
 
@@ -51,6 +60,7 @@ def install(*, environ: Mapping[str, str] | None = None, **overrides: Any) -> bo
             log.info("CONNGUARD_ENABLED is false: connguard stays out of the way")
             return False
         guard = Guard(config)
+        _set_up_probing(guard)
         from .integrations import install_integrations
 
         try:
@@ -82,9 +92,79 @@ def uninstall() -> None:
         for patcher in reversed(_state.patchers):
             patcher.restore()
         _state.patchers = []
+        if _state.prober is not None:
+            _state.prober.stop()
+            _state.prober = None
         if _state.guard is not None:
             _state.guard.watchdog.stop()
         _state.guard = None
+
+
+def _set_up_probing(guard: Guard) -> None:
+    """Pre-checks and the background prober (started lazily, when a circuit first opens)."""
+    from ._probe import FirstContact, Prober, check_supported
+
+    config = guard.config
+    check_supported(config)  # ConfigError now, not at the first probe
+    if config.precheck_first_contact:
+        guard.first_contact = FirstContact(guard).check
+    if config.precheck.kind == "none" and not any(
+        o.precheck is not None and o.precheck.kind != "none" for o in config.overrides
+    ):
+        return  # nothing to probe with: recovery stays with a caller's trial connect
+    prober = Prober(guard, mark_internal=_mark_internal)
+    guard.on_open = prober.notify
+    _state.prober = prober
+
+
+def _mark_internal() -> None:
+    # The prober's connects are connguard's own: the integrations step aside.
+    from .integrations._context import admitted_above
+
+    admitted_above.set(True)
+
+
+def _prober_after_fork() -> None:
+    prober = _state.prober
+    if prober is not None:
+        prober.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    # Registered after _guard's handler (imported above), so the table is usable.
+    os.register_at_fork(after_in_child=_prober_after_fork)
+
+
+_NO_LANE: dict[str, Any] = {
+    "slots": 0,
+    "in_use": 0,
+    "in_use_background": 0,
+    "queued_foreground": 0,
+    "queued_background": 0,
+    "granted": 0,
+    "waited": 0,
+    "preemptions": 0,
+    "lane_timeouts": 0,
+    "max_wait": 0.0,
+}
+
+
+def lane_status() -> dict[str, Any] | None:
+    """The connect lane and the prober; None when connguard is not installed.
+
+    Keys: slots (0 when the lane is off), in_use, in_use_background,
+    queued_foreground, queued_background, granted, waited (had to queue),
+    preemptions, lane_timeouts, max_wait (seconds), and prober (running, probes,
+    recoveries; None without a prober).
+    JSON-serialisable.
+    """
+    guard = _state.guard
+    if guard is None:
+        return None
+    record = _NO_LANE.copy() if guard.gate is None else guard.gate.status()
+    prober = _state.prober
+    record["prober"] = None if prober is None else prober.status()
+    return record
 
 
 def is_installed() -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 from ._config import Config, Override
 from ._endpoint import Endpoint
 from ._errors import EndpointUnavailable
+from ._gate import Lane, LaneTimeout, outer_ticket
 from ._health import EndpointHealth, HealthTable
 from ._watchdog import Watchdog
 
@@ -44,8 +45,8 @@ def classify_failure(exc: BaseException) -> str | None:
     local errors (``EADDRNOTAVAIL``, ``EACCES``…) and anything not an ``OSError``
     are never counted against an endpoint.
     """
-    if isinstance(exc, EndpointUnavailable) or not isinstance(exc, OSError):
-        return None
+    if isinstance(exc, EndpointUnavailable | LaneTimeout) or not isinstance(exc, OSError):
+        return None  # LaneTimeout: queued in the connect lane, the connect never started
     if isinstance(exc, TimeoutError):
         return "timeout"
     if isinstance(exc, ConnectionRefusedError):
@@ -115,6 +116,24 @@ class Ticket:
             self.trial = False
 
 
+class LaneTicket(Ticket):
+    """A ticket handed out while the connect lane is on (``Guard.gate`` set).
+
+    ``queued`` is the time a socket-level connect spent waiting in the lane for
+    an outer integration's ticket (httpx, ldap3): it is not connect time, so it is
+    taken out of the elapsed time the integration reports.
+    """
+
+    __slots__ = ("queued",)
+
+    def __init__(self, ticket: Ticket) -> None:
+        super().__init__(ticket.guard, ticket.health, ticket.deadline, ticket.trial)
+        self.queued = 0.0
+
+    def succeeded(self, elapsed: float) -> None:
+        super().succeeded(max(0.0, elapsed - self.queued))
+
+
 _GUARDS: weakref.WeakSet[Guard] = weakref.WeakSet()
 
 
@@ -145,12 +164,21 @@ class Guard:
         # When a background prober owns recovery, callers never become trials.
         self.callers_may_trial = True
         # The connect lane (CONNGUARD_MAX_INFLIGHT_CONNECTS > 0), or None: no gate.
-        self.gate: Any = None
+        self.gate: Lane | None = None
+        # Called (outside the lock) when a circuit opens: wakes the background prober.
+        self.on_open: Callable[[], None] | None = None
+        # CONNGUARD_PRECHECK_FIRST_CONTACT: run before the first connect to a new endpoint
+        # (returns, or raises EndpointUnavailable having opened the circuit). Set by install().
+        self.first_contact: Callable[[Ticket], None] | None = None
         # Aborts blocking connects that outlive their deadline (started by install()).
         self.watchdog = Watchdog(clock)
         self._contained: set[str] = set()
         self._unguarded_everything = False
         _GUARDS.add(self)
+        if config.max_inflight_connects > 0 and self.enforce:
+            self.gate = Lane(config.max_inflight_connects, clock)
+            # Only with a lane (no cost without): tickets that carry their queue time.
+            self.admit = self._admit_in_lane  # type: ignore[method-assign]
 
     # -- the hot path -----------------------------------------------------------------
 
@@ -170,6 +198,13 @@ class Guard:
         except Exception as exc:
             self.contain("admit", exc)
             return None
+
+    def _admit_in_lane(self, host: str, port: int) -> Ticket | None:
+        plain = Guard.admit(self, host, port)
+        ticket = None if plain is None else LaneTicket(plain)
+        # A socket-level connect below an outer integration finds its ticket here.
+        outer_ticket.set(ticket)
+        return ticket
 
     def _admit_open(self, health: EndpointHealth) -> Ticket | None:
         now = self.clock()
@@ -262,6 +297,8 @@ class Guard:
                 health.last_error,
                 wait,
             )
+        if (opening or reopen) and self.on_open is not None:
+            self.on_open()
 
     def _backoff(self, openings: int) -> float:
         """Exponential, +-20 % jitter so that many processes do not probe in step."""
@@ -327,3 +364,5 @@ class Guard:
     def after_fork(self) -> None:
         self.table.renew_lock_after_fork()
         self.watchdog.after_fork()
+        if self.gate is not None:
+            self.gate.after_fork()

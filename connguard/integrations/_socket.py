@@ -9,6 +9,13 @@
 - Non-blocking socket: fail fast only; ``BlockingIOError`` passes untouched and
   is no outcome (asyncio accounts for its connects at ``sock_connect``).
 - UDP, AF_UNIX and unguarded endpoints pass through untouched.
+
+With the connect lane (``CONNGUARD_MAX_INFLIGHT_CONNECTS``) or the first-contact
+pre-check on, ``install`` picks the lane wrappers (end of this module) instead: same
+rules, plus a slot from ``guard.gate`` around each blocking connect (time queued
+is neither connect time nor a failure; a preempted connect is retried within its
+own deadline) and the pre-check before a never-seen endpoint's first connect.
+Without them the plain wrappers run, so the healthy path pays nothing for either.
 """
 
 from __future__ import annotations
@@ -21,6 +28,15 @@ import time
 from typing import Any
 
 from .._errors import ConnectDeadlineExceeded, EndpointUnavailable
+from .._gate import (
+    Lane,
+    LaneTimeout,
+    Slot,
+    expected_seconds,
+    holding,
+    outer_ticket,
+    reserve_seconds,
+)
 from .._guard import Guard, Ticket
 from .._tcp import abort_connect, connect_left_host
 from .._watchdog import WATCHDOG_ABORTS
@@ -50,6 +66,10 @@ _ERRNO_EXCEPTIONS: dict[int, type[OSError]] = {
 
 def install(guard: Guard) -> Patcher:
     patcher = Patcher()
+    if guard.gate is not None or guard.first_contact is not None:
+        patcher.wrap(socket.socket, "connect", _lane_connect_wrapper(guard, ex=False))
+        patcher.wrap(socket.socket, "connect_ex", _lane_connect_wrapper(guard, ex=True))
+        return patcher
     patcher.wrap(socket.socket, "connect", _connect_wrapper(guard))
     patcher.wrap(socket.socket, "connect_ex", _connect_ex_wrapper(guard))
     return patcher
@@ -205,3 +225,209 @@ def _report_errno(ticket: Ticket, sock: Any, code: int, blocking: bool) -> None:
         ticket.failed(exc, left_host=left_host)
     else:
         ticket.failed(exc)
+
+
+# -- the connect lane and the first-contact pre-check ----------------------------------
+# Only installed when one of them is on. Deadlines here use a socket timeout, not
+# the watchdog: the lane path is not the hot path, and each attempt after a wait or
+# a preemption gets only what is left of the connect's own budget.
+
+_MAX_ATTEMPTS = 16  # preemptions one connect survives before it gives up
+
+
+def _lane_connect_wrapper(guard: Guard, *, ex: bool) -> Any:
+    gate = guard.gate
+    first_contact = guard.first_contact
+
+    def connect(wrapped: Any, sock: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if _type_of(sock) != _STREAM or _family_of(sock) not in _INET:
+            return wrapped(*args, **kwargs)
+        address = args[0] if args else None
+        if type(address) is not tuple or len(address) < 2:
+            return wrapped(*args, **kwargs)
+        if admitted_above.get():
+            # An outer integration owns the ticket; the slot is still taken here,
+            # where the socket is (unless the caller already holds one: the prober).
+            outer = outer_ticket.get()
+            if gate is None or outer is None or holding.get() or sock.gettimeout() == 0.0:
+                return wrapped(*args, **kwargs)
+            return _as_code(ex, _outer_in_lane, gate, outer, wrapped, sock, args, kwargs)
+        try:
+            ticket = guard.admit(address[0], address[1])
+            if ticket is not None and first_contact is not None:
+                first_contact(ticket)
+        except EndpointUnavailable:
+            if ex:
+                return errno.ECONNREFUSED
+            raise
+        if ticket is None:
+            return wrapped(*args, **kwargs)
+        timeout = sock.gettimeout()
+        if timeout == 0.0:
+            if ex:
+                return _nonblocking_code(wrapped, ticket, args, kwargs)
+            return _connect_nonblocking(wrapped, ticket, args, kwargs)
+        return _as_code(ex, _own_in_lane, gate, ticket, wrapped, sock, args, kwargs)
+
+    return connect
+
+
+def _as_code(ex: bool, run: Any, *args: Any) -> Any:
+    """connect_ex answers with an errno where connect raises."""
+    if not ex:
+        return run(*args, ex=False)
+    try:
+        return run(*args, ex=True)
+    except OSError as exc:
+        return exc.errno if exc.errno is not None else errno.EIO
+
+
+def _nonblocking_code(
+    wrapped: Any, ticket: Ticket, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> int:
+    try:
+        code: int = wrapped(*args, **kwargs)
+    except BaseException:
+        ticket.abandoned()
+        raise
+    if code in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+        ticket.abandoned()
+    else:
+        ticket.failed(OSError(code, os.strerror(code)))
+    return code
+
+
+def _attempt(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], ex: bool) -> Any:
+    """One real connect; connect_ex's error codes become the exceptions connect raises."""
+    if not ex:
+        return wrapped(*args, **kwargs)
+    code = wrapped(*args, **kwargs)
+    if code:
+        raise _ERRNO_EXCEPTIONS.get(code, OSError)(code, os.strerror(code))
+    return 0
+
+
+def _own_in_lane(
+    gate: Lane | None,
+    ticket: Ticket,
+    wrapped: Any,
+    sock: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    ex: bool,
+) -> Any:
+    """A blocking connect this wrapper admitted: lane slot, deadline, one outcome."""
+    timeout = sock.gettimeout()
+    deadline = ticket.deadline
+    imposed = deadline is not None and (timeout is None or timeout > deadline)
+    budget = deadline if imposed else timeout
+    try:
+        result, elapsed = _in_lane(gate, ticket, budget, wrapped, sock, args, kwargs, ex)
+    except LaneTimeout:
+        ticket.abandoned()
+        raise
+    except TimeoutError as exc:
+        left_host = connect_left_host(sock)
+        abort_connect(sock)
+        if imposed:
+            raise _deadline_exceeded(ticket, left_host) from exc
+        ticket.failed(exc, left_host=left_host)
+        raise
+    except OSError as exc:
+        ticket.failed(exc)
+        raise
+    except BaseException:
+        ticket.abandoned()
+        raise
+    finally:
+        sock.settimeout(timeout)
+    ticket.succeeded(elapsed)
+    return result
+
+
+def _outer_in_lane(
+    gate: Lane,
+    outer: Any,
+    wrapped: Any,
+    sock: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    ex: bool,
+) -> Any:
+    """A connect an outer integration admitted: only the slot; it reports the outcome."""
+    timeout = sock.gettimeout()
+    budget = timeout if outer.deadline is None else min(timeout or outer.deadline, outer.deadline)
+    try:
+        return _in_lane(gate, outer, budget, wrapped, sock, args, kwargs, ex, True)[0]
+    finally:
+        sock.settimeout(timeout)
+
+
+def _in_lane(
+    gate: Lane | None,
+    ticket: Any,
+    budget: float | None,
+    wrapped: Any,
+    sock: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    ex: bool,
+    outer: bool = False,
+) -> tuple[Any, float]:
+    """Connect within ``budget`` seconds in all, queue included; (result, connect time).
+
+    Raises ``LaneTimeout`` when no slot comes in time or a preempted connect has no
+    time left to retry; the connect's own errors otherwise.
+    """
+    monotonic = time.monotonic
+    start = monotonic()
+    end = None if budget is None else start + budget
+    if gate is None:
+        if budget is not None:
+            sock.settimeout(budget)
+        return _attempt(wrapped, args, kwargs, ex), monotonic() - start
+    health = ticket.health
+    expected = expected_seconds(health, budget or 0.0)
+    reserve = reserve_seconds(health, budget or 0.0) if budget is not None else 0.0
+
+    def abort() -> None:
+        abort_connect(sock)
+
+    preempted_by: BaseException | None = None
+    for _ in range(_MAX_ATTEMPTS):
+        asked = monotonic()
+        slot: Slot = gate.acquire(
+            ticket.label,
+            background=health.background,
+            timeout=None if end is None else end - asked,
+            expected=expected,
+            reserve=reserve,
+            abort=abort,
+        )
+        try:
+            began = monotonic()
+            if outer:  # the outer integration times the whole call: tell it the queue
+                ticket.queued += began - asked
+            if slot.preempted:
+                continue  # preempted before the connect even started
+            if end is not None:
+                sock.settimeout(max(end - began, 1e-6))
+            try:
+                return _attempt(wrapped, args, kwargs, ex), monotonic() - began
+            except OSError as exc:
+                if not slot.preempted:
+                    raise
+                preempted_by = exc  # a foreground connect took our slot: queue again
+        finally:
+            gate.release(slot)
+        if end is not None and end - monotonic() <= reserve:
+            break
+    raise LaneTimeout(
+        f"connguard: connect to {ticket.label} was preempted by foreground connects and "
+        f"its deadline of {budget or 0.0:.3g} s left no time to retry; this is not a "
+        "failure of the endpoint",
+        ticket.label,
+        budget,
+    ) from preempted_by
