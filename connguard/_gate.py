@@ -45,6 +45,8 @@ _LOG_EVERY = 10.0
 # A holder that never released (a bug above us) is reclaimed this long after its
 # own deadline, so one lost release cannot close the lane for good.
 _LEASE_GRACE = 1.0
+# A waiter looks for such lost slots this often while it waits.
+_REAP_EVERY = 0.25
 
 # The ticket of the last ``Guard.admit`` in this context, set only while a lane
 # exists: a socket-level connect made for an outer integration (httpx, ldap3 with
@@ -174,8 +176,11 @@ class Lane:
             self._preempt(victim, label)
         if slot is not None:
             return slot
-        wait = None if timeout is None else max(0.0, timeout - reserve)
-        event.wait(wait)
+        give_up = None if timeout is None else started + max(0.0, timeout - reserve)
+        while not event.wait(self._chunk(give_up)):
+            if give_up is not None and self.clock() >= give_up:
+                break
+            self._reap()
         return self._after_wait(waiter, started, timeout)
 
     async def acquire_async(
@@ -204,15 +209,32 @@ class Lane:
             self._preempt(victim, label)
         if slot is not None:
             return slot
-        wait = None if timeout is None else max(0.0, timeout - reserve)
-        try:
-            await asyncio.wait_for(asyncio.shield(future), wait)
-        except asyncio.TimeoutError:
-            pass
-        except BaseException:  # cancelled: give back a slot granted meanwhile
-            self._withdraw(waiter)
-            raise
+        give_up = None if timeout is None else started + max(0.0, timeout - reserve)
+        while not future.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(future), self._chunk(give_up))
+            except asyncio.TimeoutError:
+                if give_up is not None and self.clock() >= give_up:
+                    break
+                self._reap()
+            except BaseException:  # cancelled: give back a slot granted meanwhile
+                self._withdraw(waiter)
+                raise
         return self._after_wait(waiter, started, timeout)
+
+    def _chunk(self, give_up: float | None) -> float:
+        if give_up is None:
+            return _REAP_EVERY
+        return max(0.0, min(_REAP_EVERY, give_up - self.clock()))
+
+    def _reap(self) -> None:
+        """Reclaim slots whose holder never released them and hand them on."""
+        now = self.clock()
+        with self._lock:
+            self._reclaim(now)
+            wake = self._dispatch(now)
+        for fn in wake:
+            _call(fn)
 
     def release(self, slot: Slot) -> None:
         """Give the slot back (a no-op for a preempted or reclaimed slot); never raises."""

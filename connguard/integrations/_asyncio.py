@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.selector_events
+import functools
 import socket
 import sys
 import time
@@ -34,6 +35,7 @@ import wrapt
 
 from .. import _api
 from .._errors import ConnectDeadlineExceeded
+from .._gate import Lane, LaneTimeout, expected_seconds, reserve_seconds
 from .._guard import Guard, Ticket
 from .._tcp import abort_connect, connect_left_host
 from ._context import admitted_above
@@ -70,21 +72,55 @@ def _proactor_loop_class() -> Any:
 
 
 # -- the lane -------------------------------------------------------------------------
-# The connect lane (connguard/_gate.py, CONNGUARD_MAX_INFLIGHT_CONNECTS) is not wired
-# here yet. Its owner adds the two steps below: await a slot before the connect and
-# give it back after, in every outcome. Both are no-ops while ``guard.gate`` is None.
+# The connect lane (connguard/_gate.py, CONNGUARD_MAX_INFLIGHT_CONNECTS), shared with
+# threads: a slot is awaited (the loop keeps running), the deadline left after the
+# queue goes to the connect, and a preempted connect queues again within it.
+
+_MAX_ATTEMPTS = 16  # preemptions one connect survives before it gives up
 
 
-async def _enter_lane(guard: Guard, ticket: Ticket) -> None:
-    """Wait for a connect slot (lane engineer: ``await guard.gate.acquire_async(...)``)."""
-    if guard.gate is None:
-        return
-
-
-def _leave_lane(guard: Guard, ticket: Ticket) -> None:
-    """Give the slot back (lane engineer: ``guard.gate.release(...)``); never raises."""
-    if guard.gate is None:
-        return
+async def _connect_in_lane(
+    gate: Lane, ticket: Ticket, sock: Any, connect: Callable[[], Awaitable[Any]]
+) -> Any:
+    health = ticket.health
+    budget = ticket.deadline or health.ceiling
+    end = time.monotonic() + budget
+    reserve = reserve_seconds(health, budget)
+    abort = None if sock is None else functools.partial(abort_connect, sock)
+    preempted_by: BaseException | None = None
+    for _ in range(_MAX_ATTEMPTS):
+        try:
+            slot = await gate.acquire_async(
+                ticket.label,
+                background=health.background,
+                timeout=end - time.monotonic(),
+                expected=expected_seconds(health, budget),
+                reserve=reserve,
+                abort=abort,
+            )
+        except LaneTimeout:
+            ticket.abandoned()
+            raise
+        try:
+            if not slot.preempted:
+                ticket.deadline = max(end - time.monotonic(), 1e-6)  # queue time is not its
+                try:
+                    return await _connect_with_deadline(ticket, sock, connect)
+                except OSError as exc:
+                    if not slot.preempted:
+                        raise
+                    preempted_by = exc  # reported as no outcome (ECONNRESET is not counted)
+        finally:
+            gate.release(slot)
+        if end - time.monotonic() <= reserve:
+            break
+    ticket.abandoned()
+    raise LaneTimeout(
+        f"connguard: connect to {ticket.label} was preempted by foreground connects and its "
+        f"deadline of {budget:.3g} s left no time to retry; this is not a failure of the endpoint",
+        ticket.label,
+        budget,
+    ) from preempted_by
 
 
 # -- sock_connect -----------------------------------------------------------------------
@@ -135,11 +171,9 @@ async def guarded_connect(
     ``sock`` (may be None when the socket is not ours to see, as with uvloop)
     is aborted when the deadline expires and tells whether the SYN left the host.
     """
-    await _enter_lane(guard, ticket)
-    try:
-        return await _connect_with_deadline(ticket, sock, connect)
-    finally:
-        _leave_lane(guard, ticket)
+    if guard.gate is not None:
+        return await _connect_in_lane(guard.gate, ticket, sock, connect)
+    return await _connect_with_deadline(ticket, sock, connect)
 
 
 async def _connect_with_deadline(
