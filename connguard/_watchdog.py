@@ -36,6 +36,9 @@ _INTERVAL = 0.02  # the longest a late connect waits for the watchdog to notice
 # After this many empty polls (1 s) the thread sleeps until the next watch() wakes
 # it: an idle process is not woken 50 times a second, and a busy one pays no wake-up.
 _IDLE_AFTER = 50
+# A connect still CLOSE this long after it started never reached the kernel's SYN:
+# something on the host holds it (a connect() reaches SYN_SENT within microseconds).
+_HELD_AFTER = 0.005
 
 
 class Watchdog:
@@ -46,6 +49,9 @@ class Watchdog:
         self.aborted = 0
         # id(socket) -> the connect's Ticket, whose .sock and .expires say what to watch
         self._inflight: dict[int, Any] = {}
+        # Speculative connects (recovery probes) that yield to a connect held on the host.
+        self._yielding: dict[int, Any] = {}
+        self.yielded = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._idle = False
@@ -63,6 +69,21 @@ class Watchdog:
     def unwatch(self, key: int) -> bool:
         """True when the connect is still ours; False when the watchdog aborted it."""
         return self._inflight.pop(key, None) is not None
+
+    def yield_to_held(self, sock: Any) -> int:
+        """Abort ``sock``'s connect if a watched connect is held on the host meanwhile.
+
+        Without the lane this is how a recovery probe gives way on a host that
+        serializes connects: a caller's connect stuck before its SYN left (socket
+        still CLOSE inside ``connect()``) means the probe holds the host's slot.
+        """
+        key = id(sock)
+        self._yielding[key] = sock
+        return key
+
+    def stop_yielding(self, key: int) -> bool:
+        """True when the connect ran undisturbed; False when it was aborted to yield."""
+        return self._yielding.pop(key, None) is not None
 
     # -- the thread --------------------------------------------------------------------
 
@@ -84,6 +105,7 @@ class Watchdog:
     def after_fork(self) -> None:
         """In a child: the parent's thread and connects did not come along."""
         self._inflight.clear()
+        self._yielding.clear()
         if self._thread is not None:
             self._thread = None
             self.start()
@@ -136,3 +158,19 @@ class Watchdog:
             except OSError:
                 pass
             self.aborted += 1
+        if self._yielding and self._someone_held(now):
+            for key, sock in list(self._yielding.items()):
+                if tcp_state(sock) == SYN_SENT and self._yielding.pop(key, None) is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    self.yielded += 1
+
+    def _someone_held(self, now: float) -> bool:
+        """Is a watched connect still CLOSE well after it started (held on the host)?"""
+        for watch in list(self._inflight.values()):
+            started = watch.expires - watch.deadline
+            if now - started > _HELD_AFTER and tcp_state(watch.sock) == TCP_CLOSE:
+                return True
+        return False

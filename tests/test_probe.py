@@ -319,3 +319,38 @@ def test_prober_restarts_after_fork() -> None:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_probe_gives_way_to_a_held_connect_without_the_lane() -> None:
+    """On a serializing host without the lane, a tcp probe is aborted when a caller waits.
+
+    The same scenario with the probe holding the slot makes each caller wait up
+    to the probe's 2 s timeout.
+    """
+    from connguard.testing import serialized_host
+
+    with serialized_host(1), blackhole() as dead, tcp_server() as live:
+        connguard.install(
+            environ={},
+            connect_timeout=2.0,
+            min_connect_timeout=1.5,
+            open_seconds=0.2,
+            max_open_seconds=0.2,
+        )
+        try:
+            with pytest.raises(TimeoutError):
+                socket.create_connection(dead.address)  # one deadline; the circuit opens
+            guard = _api.current_guard()
+            assert guard is not None
+            waits = []
+            deadline = time.monotonic() + 8
+            while guard.watchdog.yielded < 2 and time.monotonic() < deadline:
+                time.sleep(0.25)  # let a probe start and hold the slot
+                started = time.monotonic()
+                socket.create_connection(live.address, timeout=5).close()
+                waits.append(time.monotonic() - started)
+            assert guard.watchdog.yielded >= 2
+            assert max(waits) < 0.5
+            assert _record("127.0.0.1", dead.port)["state"] in ("open", "half-open")
+        finally:
+            connguard.uninstall()
