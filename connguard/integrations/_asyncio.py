@@ -31,14 +31,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import wrapt
-
-from .. import _api
 from .._errors import ConnectDeadlineExceeded
 from .._gate import Lane, LaneTimeout, expected_seconds, reserve_seconds
 from .._guard import Guard, Ticket
 from .._tcp import abort_connect, connect_left_host
 from ._context import admitted_above
+from ._hooks import when_imported
 from ._patch import Patcher
 
 __all__ = ["install"]
@@ -235,25 +233,9 @@ def _hook_uvloop(guard: Guard, patcher: Patcher) -> None:
     """Guard ``uvloop.Loop.create_connection`` now or when uvloop gets imported."""
     wrapper = _create_connection_wrapper(guard)
 
-    def patch(module: Any) -> None:
-        try:
-            patcher.wrap(module.Loop, "create_connection", wrapper)
-        except Exception as exc:
-            guard.contain("asyncio.uvloop", exc)
-
-    def on_import(module: Any) -> None:
-        # Hooks cannot be unregistered: act only for the guard still installed.
-        try:
-            if _api.current_guard() is guard:
-                patch(module)
-        except Exception as exc:  # never break the user's import
-            guard.contain("asyncio.uvloop_hook", exc)
-
-    module = sys.modules.get("uvloop")
-    if module is not None:
-        patch(module)
-    else:
-        wrapt.register_post_import_hook(on_import, "uvloop")
+    when_imported(
+        guard, "uvloop", lambda uvloop: patcher.wrap(uvloop.Loop, "create_connection", wrapper)
+    )
 
 
 def _create_connection_wrapper(guard: Guard) -> Any:

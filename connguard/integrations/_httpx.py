@@ -43,18 +43,15 @@ from __future__ import annotations
 import functools
 import ipaddress
 import ssl
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-import wrapt
-
-from .. import _api
 from .._errors import ConnectDeadlineExceeded, EndpointUnavailable
 from .._guard import Guard, classify_failure
 from ._context import admitted_above
+from ._hooks import when_imported
 from ._patch import Patcher
 
 __all__ = ["connect_async", "connect_sync", "install"]
@@ -89,25 +86,11 @@ def _hook(
 ) -> None:
     wrapper = _async_wrapper(guard) if is_async else _sync_wrapper(guard)
 
-    def patch(module: Any) -> None:
-        try:
-            patcher.wrap(getattr(module, class_name), "connect_tcp", wrapper)
-        except Exception as exc:
-            guard.contain(f"httpx.{class_name}", exc)
-
-    def on_import(module: Any) -> None:
-        # Hooks cannot be unregistered: act only for the guard still installed.
-        try:
-            if _api.current_guard() is guard:
-                patch(module)
-        except Exception as exc:  # never break the user's import
-            guard.contain("httpx.hook", exc)
-
-    module = sys.modules.get(module_name)
-    if module is not None:
-        patch(module)
-    else:
-        wrapt.register_post_import_hook(on_import, module_name)
+    when_imported(
+        guard,
+        module_name,
+        lambda module: patcher.wrap(getattr(module, class_name), "connect_tcp", wrapper),
+    )
 
 
 def _call_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -32,20 +32,16 @@ from __future__ import annotations
 
 import logging
 import socket
-import sys
 import time
-from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-import wrapt
-
-from .._api import current_guard
 from .._endpoint import Endpoint, format_endpoint
 from .._errors import EndpointUnavailable
 from .._guard import Guard, Ticket
 from .._tcp import abort_connect, connect_left_host
 from ._context import admitted_above
+from ._hooks import when_imported
 from ._patch import Patcher, Wrapper
 
 __all__ = ["install"]
@@ -68,23 +64,8 @@ _pool_search: ContextVar[Any] = ContextVar("connguard_ldap3_pool_search", defaul
 def install(guard: Guard) -> Patcher:
     """Patch ldap3 now if it is imported, else as soon as it is."""
     patcher = Patcher()
-    if "ldap3" in sys.modules:
-        _patch(guard, patcher)
-    else:
-        # Cannot be unregistered: the hook acts only for the guard still installed.
-        wrapt.register_post_import_hook(_import_hook(guard, patcher), "ldap3")
+    when_imported(guard, "ldap3", lambda module: _patch(guard, patcher))
     return patcher
-
-
-def _import_hook(guard: Guard, patcher: Patcher) -> Callable[[Any], None]:
-    def on_import(module: Any) -> None:
-        try:
-            if current_guard() is guard and not patcher:
-                _patch(guard, patcher)
-        except Exception as exc:  # an exception here would break the user's import
-            guard.contain("ldap3 import hook", exc)
-
-    return on_import
 
 
 def _patch(guard: Guard, patcher: Patcher) -> None:
