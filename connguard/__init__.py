@@ -18,12 +18,14 @@ from ._config import Config as Config
 from ._errors import ConfigError as ConfigError
 from ._errors import ConnectDeadlineExceeded as ConnectDeadlineExceeded
 from ._errors import EndpointUnavailable as EndpointUnavailable
+from ._errors import LaneTimeout as LaneTimeout
 
 __all__ = [
     "Config",
     "ConfigError",
     "ConnectDeadlineExceeded",
     "EndpointUnavailable",
+    "LaneTimeout",
     "install",
     "is_installed",
     "lane_status",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-__all__ = ["ConfigError", "ConnectDeadlineExceeded", "EndpointUnavailable"]
+__all__ = ["ConfigError", "ConnectDeadlineExceeded", "EndpointUnavailable", "LaneTimeout"]
 
 
 class EndpointUnavailable(ConnectionRefusedError):
@@ -62,6 +62,14 @@ class ConnectDeadlineExceeded(TimeoutError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.strerror, self.endpoint, self.deadline))
+
+
+class LaneTimeout(ConnectDeadlineExceeded):
+    """A connect that the connect lane could not serve within its deadline.
+
+    No SYN was sent for the attempt that failed, and it is not counted against
+    the endpoint. ``endpoint`` and ``deadline`` as for ``ConnectDeadlineExceeded``.
+    """
 
 
 class ConfigError(ValueError):

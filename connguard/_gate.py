@@ -31,12 +31,12 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConnectDeadlineExceeded
+from ._errors import LaneTimeout
 
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["Lane", "LaneTimeout", "Slot", "expected_seconds", "outer_ticket", "reserve_seconds"]
+__all__ = ["Lane", "Slot", "expected_seconds", "outer_ticket", "reserve_seconds"]
 
 log = logging.getLogger("connguard")
 
@@ -56,14 +56,6 @@ outer_ticket: ContextVar[Any] = ContextVar("connguard_outer_ticket", default=Non
 # True while this context already holds a slot for the connect it is about to make
 # (the prober): the socket wrapper must not queue a second time.
 holding: ContextVar[bool] = ContextVar("connguard_lane_holding", default=False)
-
-
-class LaneTimeout(ConnectDeadlineExceeded):
-    """A connect that the connect lane could not serve within its deadline.
-
-    No SYN was sent for the attempt that failed, and it is not counted against
-    the endpoint. ``endpoint`` and ``deadline`` as for ``ConnectDeadlineExceeded``.
-    """
 
 
 class Slot:

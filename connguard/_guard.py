@@ -23,8 +23,8 @@ from typing import Any
 
 from ._config import Config, Override
 from ._endpoint import Endpoint
-from ._errors import EndpointUnavailable
-from ._gate import Lane, LaneTimeout, outer_ticket
+from ._errors import EndpointUnavailable, LaneTimeout
+from ._gate import Lane, outer_ticket
 from ._health import EndpointHealth, HealthTable
 from ._watchdog import Watchdog
 

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._config import Config, Precheck
-from ._errors import ConfigError, EndpointUnavailable
-from ._gate import LaneTimeout, holding
+from ._errors import ConfigError, EndpointUnavailable, LaneTimeout
+from ._gate import holding
 from ._tcp import abort_connect, connect_left_host
 
 if TYPE_CHECKING:

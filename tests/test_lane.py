@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 import connguard
-from connguard._gate import Lane, LaneTimeout
+from connguard import LaneTimeout
+from connguard._gate import Lane
 from connguard.testing import SerializedHost, blackhole, http_server, serialized_host, tcp_server
 
 # How long a dead (blackholed) connect may hold a slot in these tests.

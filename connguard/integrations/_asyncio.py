@@ -31,8 +31,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .._errors import ConnectDeadlineExceeded
-from .._gate import Lane, LaneTimeout, expected_seconds, reserve_seconds
+from .._errors import ConnectDeadlineExceeded, LaneTimeout
+from .._gate import Lane, expected_seconds, reserve_seconds
 from .._guard import Guard, Ticket
 from .._tcp import abort_connect, connect_left_host
 from ._context import admitted_above

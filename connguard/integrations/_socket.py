@@ -27,10 +27,9 @@ import socket
 import time
 from typing import Any
 
-from .._errors import ConnectDeadlineExceeded, EndpointUnavailable
+from .._errors import ConnectDeadlineExceeded, EndpointUnavailable, LaneTimeout
 from .._gate import (
     Lane,
-    LaneTimeout,
     Slot,
     expected_seconds,
     holding,
