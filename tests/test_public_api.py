@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 import connguard
-from connguard import ConfigError, ConnectDeadlineExceeded, EndpointUnavailable
+from connguard import ConfigError, ConnectDeadlineExceeded, EndpointUnavailable, LaneTimeout
 
 
 def test_all_lists_exactly_the_public_names() -> None:
@@ -51,7 +51,7 @@ def test_endpoint_unavailable_survives_pickling() -> None:
     )
 
 
-@pytest.mark.parametrize("cls", [EndpointUnavailable, ConnectDeadlineExceeded])
+@pytest.mark.parametrize("cls", [EndpointUnavailable, ConnectDeadlineExceeded, LaneTimeout])
 def test_exceptions_are_constructible_from_one_string(cls: type[OSError]) -> None:
     """ldap3 rebuilds socket errors as type(exc)(str(exc)); that must work."""
     original = cls("some message")
