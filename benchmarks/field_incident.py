@@ -36,6 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # tests/slapd.py: the throw-away slapd
 
+from connguard import Config  # noqa: E402
 from connguard._incident import (  # noqa: E402
     Agent,
     Load,
@@ -47,8 +48,8 @@ from connguard._incident import (  # noqa: E402
 )
 
 DOCS = ROOT / "docs" / "benchmarks"
-CONNECT_DEADLINE = 3.0  # connguard's default CONNGUARD_CONNECT_TIMEOUT
-OPEN_SECONDS = 5.0  # connguard's default CONNGUARD_OPEN_SECONDS
+CONNECT_DEADLINE = Config().connect_timeout  # the default CONNGUARD_CONNECT_TIMEOUT
+OPEN_SECONDS = Config().open_seconds  # the default CONNGUARD_OPEN_SECONDS
 STALL_BOUND_SLACK = 0.3  # scheduling noise allowed on top of the deadline
 
 

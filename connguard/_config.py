@@ -181,8 +181,9 @@ SETTINGS: tuple[Setting, ...] = (
         "CONNGUARD_CONNECT_TIMEOUT",
         _parse_seconds,
         "seconds > 0",
-        "3 s: first contact survives one lost SYN (retransmitted after 1 s) while a "
-        "dead endpoint costs 3 s instead of the OS's 21 s (Windows) to 130 s (Linux)",
+        "2 s: first contact survives one lost SYN (Linux and macOS retransmit after 1 s; "
+        "the next retry comes at 3 s, so a longer ceiling buys nothing until then) while "
+        "a dead endpoint costs 2 s instead of the OS's 21 s (Windows) to 130 s (Linux)",
     ),
     Setting(
         "min_connect_timeout",
@@ -290,7 +291,7 @@ class Config:
 
     enabled: bool = True
     mode: str = "enforce"
-    connect_timeout: float = 3.0
+    connect_timeout: float = 2.0
     min_connect_timeout: float = 1.5
     failure_threshold: int = 3
     open_seconds: float = 5.0

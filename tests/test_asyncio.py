@@ -27,7 +27,7 @@ except ImportError:  # an optional dev dependency
 
 needs_uvloop = pytest.mark.skipif(uvloop is None, reason="uvloop is not installed")
 
-DEADLINE = 0.5  # connect budget in these tests (the default is 3 s)
+DEADLINE = 0.5  # connect budget in these tests (the default is 2 s)
 FAST = 0.1  # generous bound for "at once" on a noisy 2-core machine
 DUAL_NAME = "dual.connguard.test"
 

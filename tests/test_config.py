@@ -16,7 +16,7 @@ def test_defaults_without_environment() -> None:
     config = Config.from_env({})
     assert config.enabled is True
     assert config.mode == "enforce"
-    assert config.connect_timeout == 3.0
+    assert config.connect_timeout == 2.0
     assert config.min_connect_timeout == 1.5
     assert config.failure_threshold == 3
     assert (config.open_seconds, config.max_open_seconds) == (5.0, 300.0)
@@ -187,7 +187,7 @@ def test_unknown_variable_is_logged_not_fatal(caplog: pytest.LogCaptureFixture) 
 
 def test_blank_variable_means_default() -> None:
     """An empty variable is treated as unset."""
-    assert Config.from_env({"CONNGUARD_CONNECT_TIMEOUT": " "}).connect_timeout == 3.0
+    assert Config.from_env({"CONNGUARD_CONNECT_TIMEOUT": " "}).connect_timeout == 2.0
 
 
 def test_sources_and_plain_view() -> None:

@@ -236,7 +236,7 @@ def test_override_sets_ceiling_and_priority() -> None:
     ticket = admit(guard)
     assert ticket.deadline == 0.5
     assert ticket.health.background
-    assert admit(guard, ("10.0.0.6", 4000)).deadline == 3.0
+    assert admit(guard, ("10.0.0.6", 4000)).deadline == 2.0
 
 
 def test_include_and_exclude() -> None:

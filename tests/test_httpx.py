@@ -25,7 +25,7 @@ from connguard import Config, ConnectDeadlineExceeded, EndpointUnavailable
 from connguard.httpx import AsyncGuardedTransport, GuardedTransport
 from connguard.testing import blackhole
 
-DEADLINE = 0.5  # connect budget in these tests (the default is 3 s)
+DEADLINE = 0.5  # connect budget in these tests (the default is 2 s)
 FAST = 0.1  # generous bound for "at once" on a noisy 2-core machine
 SLOW = DEADLINE + 1.5  # generous upper bound for "ended at the deadline"
 DUAL_NAME = "dual.connguard.test"
