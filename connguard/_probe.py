@@ -396,9 +396,11 @@ class Prober:
                 except LaneTimeout:
                     return None
             token = holding.set(True)
-            # Without the lane, the watchdog makes the probe give way to a caller's
-            # connect held on a serializing host (the lane preempts it otherwise).
-            yield_key = guard.watchdog.yield_to_held(sock) if gate is None else None
+            # The watchdog makes the probe give way to a caller's connect held on a
+            # serializing host, and makes a lane preemption stick (see yield_to_held).
+            yield_key = guard.watchdog.yield_to_held(
+                sock, None if slot is None else (lambda: slot.preempted)
+            )
             try:
                 sock.settimeout(timeout)
                 sock.connect(address)
@@ -410,13 +412,12 @@ class Prober:
             except OSError:
                 if slot is not None and slot.preempted:
                     return None
-                if yield_key is not None and not guard.watchdog.stop_yielding(yield_key):
+                if not guard.watchdog.stop_yielding(yield_key):
                     return None  # gave way to a caller: no evidence either way
                 return False
             finally:
                 holding.reset(token)
-                if yield_key is not None:
-                    guard.watchdog.stop_yielding(yield_key)
+                guard.watchdog.stop_yielding(yield_key)
                 if slot is not None and gate is not None:
                     gate.release(slot)
 

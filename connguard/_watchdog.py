@@ -50,7 +50,7 @@ class Watchdog:
         # id(socket) -> the connect's Ticket, whose .sock and .expires say what to watch
         self._inflight: dict[int, Any] = {}
         # Speculative connects (recovery probes) that yield to a connect held on the host.
-        self._yielding: dict[int, Any] = {}
+        self._yielding: dict[int, tuple[Any, Callable[[], bool] | None]] = {}
         self.yielded = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -70,15 +70,21 @@ class Watchdog:
         """True when the connect is still ours; False when the watchdog aborted it."""
         return self._inflight.pop(key, None) is not None
 
-    def yield_to_held(self, sock: Any) -> int:
-        """Abort ``sock``'s connect if a watched connect is held on the host meanwhile.
+    def yield_to_held(self, sock: Any, preempted: Callable[[], bool] | None = None) -> int:
+        """Abort ``sock``'s SYN if a watched connect is held on the host meanwhile,
+        or once ``preempted()`` turns true.
 
         Without the lane this is how a recovery probe gives way on a host that
         serializes connects: a caller's connect stuck before its SYN left (socket
         still CLOSE inside ``connect()``) means the probe holds the host's slot.
+        With the lane, it makes a preemption stick when it lands in the instant
+        before the preempted connect's SYN left (``shutdown()`` does nothing then).
         """
         key = id(sock)
-        self._yielding[key] = sock
+        self._yielding[key] = (sock, preempted)
+        if self._idle:
+            self._idle = False
+            self._wake.set()
         return key
 
     def stop_yielding(self, key: int) -> bool:
@@ -114,7 +120,7 @@ class Watchdog:
         stop = self._stop
         quiet = 0
         while not stop.is_set():
-            quiet = quiet + 1 if not self._inflight else 0
+            quiet = quiet + 1 if not (self._inflight or self._yielding) else 0
             if quiet >= _IDLE_AFTER:
                 self._sleep_until_woken()
                 quiet = 0
@@ -128,7 +134,7 @@ class Watchdog:
 
     def _sleep_until_woken(self) -> None:
         self._idle = True
-        if not self._inflight:  # a watch() racing the flag is seen here
+        if not (self._inflight or self._yielding):  # a racing watch() is seen here
             self._wake.wait()
         self._idle = False
         self._wake.clear()
@@ -158,8 +164,11 @@ class Watchdog:
             except OSError:
                 pass
             self.aborted += 1
-        if self._yielding and self._someone_held(now):
-            for key, sock in list(self._yielding.items()):
+        if self._yielding:
+            held = self._someone_held(now)
+            for key, (sock, preempted) in list(self._yielding.items()):
+                if not (held or (preempted is not None and preempted())):
+                    continue
                 if tcp_state(sock) == SYN_SENT and self._yielding.pop(key, None) is not None:
                     try:
                         sock.shutdown(socket.SHUT_RDWR)

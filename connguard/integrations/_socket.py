@@ -388,6 +388,8 @@ def _in_lane(
             sock.settimeout(budget)
         return _attempt(wrapped, args, kwargs, ex), monotonic() - start
     health = ticket.health
+    guard = getattr(ticket, "guard", None)
+    watchdog = guard.watchdog if health.background and guard is not None else None
     expected = expected_seconds(health, budget or 0.0)
     reserve = reserve_seconds(health, budget or 0.0) if budget is not None else 0.0
 
@@ -413,12 +415,20 @@ def _in_lane(
                 continue  # preempted before the connect even started
             if end is not None:
                 sock.settimeout(max(end - began, 1e-6))
+            # A preemption landing just before our SYN leaves finds nothing to abort:
+            # the watchdog makes it stick by aborting the SYN once it is out.
+            yield_key = None
+            if watchdog is not None:
+                yield_key = watchdog.yield_to_held(sock, lambda s=slot: s.preempted)
             try:
                 return _attempt(wrapped, args, kwargs, ex), monotonic() - began
             except OSError as exc:
                 if not slot.preempted:
                     raise
                 preempted_by = exc  # a foreground connect took our slot: queue again
+            finally:
+                if watchdog is not None and yield_key is not None:
+                    watchdog.stop_yielding(yield_key)
         finally:
             gate.release(slot)
         if end is not None and end - monotonic() <= reserve:
