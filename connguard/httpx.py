@@ -244,6 +244,36 @@ async def _send_guarded_async(
 # -- the transports -----------------------------------------------------------------------
 
 
+def _guard_inner(
+    name: str,
+    transport: Any,
+    default: Callable[..., Any],
+    backend: type[Any],
+    config: Config | None,
+    options: dict[str, Any],
+) -> tuple[Any, Callable[[], Guard | None], bool]:
+    """The inner transport, how to pick the guard, and whether it is guarded per connection.
+
+    A transport with an httpcore pool is guarded per new connection, by swapping in a
+    guarded network backend; any other transport is guarded per request.
+    """
+    if transport is not None and options:
+        raise TypeError(
+            f"{name}: pass either an inner transport or {default.__name__} options "
+            f"({', '.join(sorted(options))}), not both"
+        )
+    inner = transport if transport is not None else default(**options)
+    source = _GuardSource(config)
+
+    def pick() -> Guard | None:
+        return source(config is not None)
+
+    pool = _pool_of(inner)
+    if pool is not None and not isinstance(pool._network_backend, backend):
+        pool._network_backend = backend(pool._network_backend, pick)
+    return inner, pick, pool is not None
+
+
 class GuardedTransport(httpx.BaseTransport):
     """A sync httpx transport whose new connections go through connguard.
 
@@ -262,20 +292,15 @@ class GuardedTransport(httpx.BaseTransport):
         config: Config | None = None,
         **transport_options: Any,
     ) -> None:
-        if transport is not None and transport_options:
-            raise TypeError(
-                "GuardedTransport: pass either an inner transport or HTTPTransport options "
-                f"({', '.join(sorted(transport_options))}), not both"
-            )
-        self._transport = (
-            transport if transport is not None else httpx.HTTPTransport(**transport_options)
+        self._transport: httpx.BaseTransport
+        self._transport, self._pick, self._per_connection = _guard_inner(
+            "GuardedTransport",
+            transport,
+            httpx.HTTPTransport,
+            _GuardedBackend,
+            config,
+            transport_options,
         )
-        source = _GuardSource(config)
-        self._pick: Callable[[], Guard | None] = lambda: source(config is not None)
-        pool = _pool_of(self._transport)
-        self._per_connection = pool is not None
-        if pool is not None and not isinstance(pool._network_backend, _GuardedBackend):
-            pool._network_backend = _GuardedBackend(pool._network_backend, self._pick)
 
     @property
     def transport(self) -> httpx.BaseTransport:
@@ -308,20 +333,15 @@ class AsyncGuardedTransport(httpx.AsyncBaseTransport):
         config: Config | None = None,
         **transport_options: Any,
     ) -> None:
-        if transport is not None and transport_options:
-            raise TypeError(
-                "AsyncGuardedTransport: pass either an inner transport or "
-                f"AsyncHTTPTransport options ({', '.join(sorted(transport_options))}), not both"
-            )
-        self._transport = (
-            transport if transport is not None else httpx.AsyncHTTPTransport(**transport_options)
+        self._transport: httpx.AsyncBaseTransport
+        self._transport, self._pick, self._per_connection = _guard_inner(
+            "AsyncGuardedTransport",
+            transport,
+            httpx.AsyncHTTPTransport,
+            _AsyncGuardedBackend,
+            config,
+            transport_options,
         )
-        source = _GuardSource(config)
-        self._pick: Callable[[], Guard | None] = lambda: source(config is not None)
-        pool = _pool_of(self._transport)
-        self._per_connection = pool is not None
-        if pool is not None and not isinstance(pool._network_backend, _AsyncGuardedBackend):
-            pool._network_backend = _AsyncGuardedBackend(pool._network_backend, self._pick)
 
     @property
     def transport(self) -> httpx.AsyncBaseTransport:
