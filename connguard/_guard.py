@@ -211,7 +211,7 @@ class Guard:
         with self.table.lock:
             if not health.is_open:  # closed by another thread meanwhile
                 return Ticket(self, health, health.budget if self.enforce else None, False)
-            if self.callers_may_trial and now >= health.retry_at and health.trial_until <= now:
+            if self._trial_due(health, now):
                 # Exactly one caller tries; the lease ends if its thread never reports.
                 health.trial_until = now + 2 * health.ceiling
                 trial = True
@@ -236,6 +236,21 @@ class Guard:
             health.label,
             retry_after,
         )
+
+    def _trial_due(self, health: EndpointHealth, now: float) -> bool:
+        """May a caller's connect be the recovery trial of this open circuit now?"""
+        return self.callers_may_trial and now >= health.retry_at and health.trial_until <= now
+
+    def refuses(self, host: str, port: int) -> bool:
+        """Would ``admit`` fail fast right now? Reads without the lock, changes nothing.
+
+        False whenever a recovery trial is due, so that the trial goes to a real
+        connect and a recovered endpoint is found.
+        """
+        health = self.table.get((host, port))
+        if health is None or not health.is_open or not self.enforce:
+            return False
+        return not self._trial_due(health, self.clock())
 
     # -- outcomes ---------------------------------------------------------------------
 

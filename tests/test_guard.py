@@ -318,3 +318,17 @@ def test_after_fork_clears_trials_and_renews_lock() -> None:
     guard.table.lock.acquire()  # as if another thread held it at fork time
     guard.after_fork()
     assert admit(guard).trial
+
+
+def test_refuses_answers_like_admit_without_changing_anything() -> None:
+    """refuses() is True exactly while admit() would fail fast, and counts nothing."""
+    clock = FakeClock()
+    guard = make_guard(clock)
+    assert not guard.refuses(*ENDPOINT)  # never seen
+    admit(guard).failed(refused())
+    assert guard.refuses(*ENDPOINT)
+    assert guard.status()[0]["fast_failures"] == 0
+    clock.now += 10  # the wait is over: a trial is due, so no refusal
+    assert not guard.refuses(*ENDPOINT)
+    assert admit(guard).trial
+    assert guard.refuses(*ENDPOINT)  # the trial is in flight: others fail fast

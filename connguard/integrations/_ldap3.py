@@ -106,20 +106,6 @@ def _bare_message(error: OSError) -> str:
 # -- reading the circuit ----------------------------------------------------------------
 
 
-def _refuses(guard: Guard, endpoint: Endpoint) -> bool:
-    """True when ``guard.admit`` would fail fast; reads without the lock, changes nothing.
-
-    False whenever a recovery trial is due, so that the trial goes to the real
-    connect (admitted by the socket layer) and a recovered server is found.
-    """
-    health = guard.table.get(endpoint)
-    if health is None or not health.is_open or not guard.enforce:
-        return False
-    now = guard.clock()
-    trial_due = guard.callers_may_trial and now >= health.retry_at and health.trial_until <= now
-    return not trial_due
-
-
 def _server_endpoints(server: Any) -> list[Endpoint]:
     """The TCP endpoints ldap3 would try for ``server``, from its resolved addresses.
 
@@ -137,7 +123,7 @@ def _server_endpoints(server: Any) -> list[Endpoint]:
 
 def _server_refuses(guard: Guard, server: Any) -> bool:
     endpoints = _server_endpoints(server)
-    return bool(endpoints) and all(_refuses(guard, endpoint) for endpoint in endpoints)
+    return bool(endpoints) and all(guard.refuses(*endpoint) for endpoint in endpoints)
 
 
 def _pool_refuses(guard: Guard, state: Any) -> bool:
@@ -183,7 +169,7 @@ def _open_socket_wrapper(guard: Guard, open_error: type[Exception]) -> Wrapper:
             if endpoint is not None:
                 if admits_here:
                     ticket = guard.admit(*endpoint)
-                elif _refuses(guard, endpoint):
+                elif guard.refuses(*endpoint):
                     # The guard's own decision: counts the fast failure, words the error.
                     late = guard.admit(*endpoint)
                     if late is not None:  # closed or trial due meanwhile: socket layer's turn
