@@ -22,14 +22,13 @@ import argparse
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 import httpx
-
-import connguard
+from _interleave import interleaved
 
 TARGETS = {"new connection": 1.03, "keep-alive": 1.01}
 REQUESTS = {"new connection": 50, "keep-alive": 100}
@@ -82,31 +81,11 @@ def _round(case: str, url: str) -> list[float]:
         return _time_requests(client, url, REQUESTS[case])
 
 
-def _measure(case: str, url: str, rounds: int) -> dict[str, float]:
-    """Median over rounds of (guarded median / unguarded median) of adjacent blocks."""
-    samples: dict[bool, list[float]] = {False: [], True: []}
-    ratios = []
-    for i in range(rounds):
-        medians = {}
-        for guarded in (False, True) if i % 2 == 0 else (True, False):
-            if guarded:
-                connguard.install(environ={})
-            try:
-                block = _round(case, url)
-            finally:
-                connguard.uninstall()
-            samples[guarded].extend(block)
-            medians[guarded] = statistics.median(block)
-        ratios.append(medians[True] / medians[False])
-    unguarded = statistics.median(samples[False])
-    guarded = statistics.median(samples[True])
-    return {
-        "unguarded_us": round(unguarded * 1e6, 1),
-        "guarded_us": round(guarded * 1e6, 1),
-        "ratio": round(statistics.median(ratios), 4),
-        "target": TARGETS[case],
-        "requests_per_side": len(samples[True]),
-    }
+def _measure(case: str, url: str, rounds: int) -> dict[str, Any]:
+    result = interleaved(lambda: _round(case, url), rounds)
+    result["target"] = TARGETS[case]
+    result["requests_per_side"] = result.pop("per_side")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -36,9 +35,8 @@ with warnings.catch_warnings():  # pyasn1 deprecations raised while ldap3 import
     warnings.simplefilter("ignore", DeprecationWarning)
     import ldap3
 
+from _interleave import interleaved
 from slapd import SlapdServer, running_slapd
-
-import connguard
 
 TARGET = 1.03
 BINDS = 40  # per block
@@ -67,29 +65,10 @@ def _block(slapd: SlapdServer, case: str) -> list[float]:
 
 
 def _measure(slapd: SlapdServer, case: str, rounds: int) -> dict[str, Any]:
-    samples: dict[bool, list[float]] = {False: [], True: []}
-    ratios = []
-    for i in range(rounds):
-        medians = {}
-        for guarded in (False, True) if i % 2 == 0 else (True, False):
-            if guarded:
-                connguard.install(environ={})
-            try:
-                block = _block(slapd, case)
-            finally:
-                connguard.uninstall()
-            samples[guarded].extend(block)
-            medians[guarded] = statistics.median(block)
-        ratios.append(medians[True] / medians[False])
-    return {
-        "unguarded_us": round(statistics.median(samples[False]) * 1e6, 1),
-        "guarded_us": round(statistics.median(samples[True]) * 1e6, 1),
-        "ratio": round(statistics.median(ratios), 4),
-        "ratio_p10": round(statistics.quantiles(ratios, n=10, method="inclusive")[0], 4),
-        "ratio_p90": round(statistics.quantiles(ratios, n=10, method="inclusive")[-1], 4),
-        "target": TARGET,
-        "binds_per_side": len(samples[True]),
-    }
+    result = interleaved(lambda: _block(slapd, case), rounds)
+    result["target"] = TARGET
+    result["binds_per_side"] = result.pop("per_side")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

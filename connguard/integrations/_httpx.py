@@ -154,7 +154,6 @@ class _Attempt:
             if self.imposed:
                 self.timeout = deadline
             self.literal = _is_ip_literal(host)
-        self.started = time.monotonic()
 
     def enter(self) -> tuple[Any, Any]:
         host_token = _host_admitted.set(True)
