@@ -17,14 +17,22 @@ from ._api import uninstall as uninstall
 from ._config import Config as Config
 from ._errors import ConfigError as ConfigError
 from ._errors import ConnectDeadlineExceeded as ConnectDeadlineExceeded
+from ._errors import ConnguardError as ConnguardError
+from ._errors import EndpointRefused as EndpointRefused
+from ._errors import EndpointTimedOut as EndpointTimedOut
 from ._errors import EndpointUnavailable as EndpointUnavailable
+from ._errors import EndpointUnreachable as EndpointUnreachable
 from ._errors import LaneTimeout as LaneTimeout
 
 __all__ = [
     "Config",
     "ConfigError",
     "ConnectDeadlineExceeded",
+    "ConnguardError",
+    "EndpointRefused",
+    "EndpointTimedOut",
     "EndpointUnavailable",
+    "EndpointUnreachable",
     "LaneTimeout",
     "install",
     "is_installed",

@@ -4,7 +4,12 @@
 circuit is open), returns ``None`` (the endpoint is not guarded, or connguard
 itself failed and steps aside) or returns a ``Ticket`` carrying the connect
 deadline. The integration connects, then reports the outcome on the ticket:
-``succeeded(elapsed)``, ``failed(exc)`` or ``abandoned()``.
+``succeeded(elapsed)``, ``failed(exc, elapsed=...)`` or ``abandoned()``.
+
+Only evidence that cost a caller time counts: a timeout always, a refusal or an
+unreachable answer only when it took ``costly_failure`` seconds or more (a
+0.1 ms refusal is answered as fast as connguard could fail, so failing fast
+would save nothing and only delay the moment a restarting server is reached).
 
 The guard knows no integration. Decide under the lock, release it, connect,
 record under the lock; log after releasing it.
@@ -23,7 +28,7 @@ from typing import Any
 
 from ._config import Config, Override
 from ._endpoint import Endpoint
-from ._errors import EndpointUnavailable, LaneTimeout
+from ._errors import EndpointUnavailable, LaneTimeout, unavailable_error
 from ._gate import Lane, outer_ticket
 from ._health import EndpointHealth, HealthTable
 from ._watchdog import Watchdog
@@ -56,6 +61,17 @@ def classify_failure(exc: BaseException) -> str | None:
     if exc.errno in _UNREACHABLE_ERRNOS:
         return "unreachable"
     return None
+
+
+def _valid_endpoint(host: object, port: object) -> bool:
+    """A TCP endpoint worth remembering; anything else passes through untouched."""
+    return (
+        type(host) is str
+        and host != ""
+        and "\x00" not in host
+        and type(port) is int
+        and 0 <= port <= 65535
+    )
 
 
 class Ticket:
@@ -97,15 +113,18 @@ class Ticket:
         except Exception as exc:
             self.guard.contain("record_success", exc)
 
-    def failed(self, exc: BaseException, *, left_host: bool = True) -> None:
-        """The connect failed with ``exc``.
+    def failed(
+        self, exc: BaseException, *, elapsed: float | None = None, left_host: bool = True
+    ) -> None:
+        """The connect failed with ``exc`` after ``elapsed`` seconds of connecting.
 
-        ``left_host=False`` says the connect never left this host (it was held by
-        local policy, e.g. a security tool serializing connects): a timeout then
-        says nothing about the endpoint and is not counted.
+        ``elapsed`` None means unknown, taken as costly. ``left_host=False`` says
+        the connect never left this host (it was held by local policy, e.g. a
+        security tool serializing connects): a timeout then says nothing about
+        the endpoint and is not counted.
         """
         try:
-            self.guard._record_failure(self, exc, left_host)
+            self.guard._record_failure(self, exc, left_host, elapsed)
         except Exception as internal:
             self.guard.contain("record_failure", internal)
 
@@ -187,6 +206,8 @@ class Guard:
         try:
             health = self.table.get((host, port))
             if health is None:
+                if not _valid_endpoint(host, port):
+                    return None  # the real call raises its own error; nothing to remember
                 health = self.table.add(self._new_health((host, port)))
             if not health.guarded:
                 return None
@@ -230,7 +251,9 @@ class Guard:
                     health.fast_failures,
                 )
             return Ticket(self, health, None, False)
-        raise EndpointUnavailable(
+        raise unavailable_error(
+            health.last_kind,
+            health.last_errno,
             f"connguard: {health.label} is unavailable "
             f"(last error: {health.last_error}); retry in {retry_after:.1f} s",
             health.label,
@@ -272,33 +295,57 @@ class Guard:
                 "%s: closed, endpoint is reachable again (connect %.3f s)", health.label, elapsed
             )
 
-    def _record_failure(self, ticket: Ticket, exc: BaseException, left_host: bool) -> None:
+    def _record_failure(
+        self, ticket: Ticket, exc: BaseException, left_host: bool, elapsed: float | None
+    ) -> None:
         kind = classify_failure(exc)
         health = ticket.health
         if kind is None or (kind == "timeout" and not left_host):
             ticket.abandoned()
             return
+        costly = kind == "timeout" or elapsed is None or elapsed >= self.config.costly_failure
         now = self.clock()
         with self.table.lock:
-            health.failures += 1
             health.failures_total += 1
             health.last_error = f"{kind}: {type(exc).__name__}: {exc}"
-            reopen = health.is_open and ticket.trial
-            opening = not health.is_open and (
-                health.failures >= self.config.failure_threshold or not health.ever_connected
-            )
+            health.last_kind = kind
+            health.last_errno = getattr(exc, "errno", None)
+            health.used = True
             if ticket.trial:
                 health.trial_until = 0.0
-            wait = 0.0
-            if reopen or opening:
-                wait = self._backoff(health.openings)
-                health.openings += 1
-                health.is_open = True
-                health.retry_at = now + wait
-            health.used = True
-        if opening:
+            if not costly:
+                # Answered at once: failing fast would save nothing. Not counted, and
+                # an open circuit closes (its endpoint answers as fast as we could).
+                health.cheap_failures += 1
+                cleared = health.is_open
+                if cleared:
+                    health.is_open = False
+                    health.openings = 0
+                    health.failures = 0
+                opening = reopen = False
+            else:
+                cleared = False
+                health.failures += 1
+                reopen = health.is_open and ticket.trial
+                opening = not health.is_open and (
+                    health.failures >= self.config.failure_threshold or not health.ever_connected
+                )
+                wait = 0.0
+                if reopen or opening:
+                    wait = self._backoff(health.openings)
+                    health.openings += 1
+                    health.is_open = True
+                    health.retry_at = now + wait
+        if cleared:
             log.warning(
-                "%s: opened after %d consecutive failure(s), last %s; "
+                "%s: closed, endpoint answers at once (%s in %.3f s); failing fast saves nothing",
+                health.label,
+                kind,
+                elapsed,
+            )
+        elif opening:
+            log.warning(
+                "%s: opened after %d consecutive costly failure(s), last %s; "
                 "failing fast, retry in %.1f s",
                 health.label,
                 health.failures,

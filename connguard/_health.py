@@ -30,6 +30,7 @@ class EndpointHealth:
         "background",
         "budget",
         "ceiling",
+        "cheap_failures",
         "endpoint",
         "ever_connected",
         "failures",
@@ -39,7 +40,9 @@ class EndpointHealth:
         "guarded",
         "is_open",
         "label",
+        "last_errno",
         "last_error",
+        "last_kind",
         "openings",
         "policy",
         "retry_at",
@@ -77,6 +80,11 @@ class EndpointHealth:
         self.trial_until = 0.0  # a recovery trial is in flight until this time
         self.ever_connected = False
         self.last_error: str | None = None
+        # Kind ("timeout", "refused", "unreachable") and errno of the last real failure:
+        # a fast failure looks like it.
+        self.last_kind: str | None = None
+        self.last_errno: int | None = None
+        self.cheap_failures = 0  # failures that cost no time: never counted toward opening
         self.successes = 0
         self.failures_total = 0
         self.fast_failures = 0
@@ -115,12 +123,14 @@ class EndpointHealth:
             "priority": "background" if self.background else "foreground",
             "failures": self.failures,
             "last_error": self.last_error,
+            "last_failure_kind": self.last_kind,
             "connect_budget": round(self.budget, 6),
             "srtt": None if self.srtt is None else round(self.srtt, 6),
             "retry_after": round(max(0.0, self.retry_at - now), 3) if self.is_open else None,
             "successes": self.successes,
             "failures_total": self.failures_total,
             "fast_failures": self.fast_failures,
+            "cheap_failures": self.cheap_failures,
             "openings": self.openings,
         }
 

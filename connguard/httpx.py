@@ -175,7 +175,8 @@ class _RequestAttempt:
         try:
             self.ticket: Ticket | None = guard.admit(url.host, port)
         except EndpointUnavailable as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
+            error = httpx.ConnectTimeout if isinstance(exc, TimeoutError) else httpx.ConnectError
+            raise error(str(exc), request=request) from exc
         if self.ticket is not None and self.ticket.deadline is not None:
             _cap_connect_timeout(request, self.ticket.deadline)
         self.started = time.monotonic()
@@ -186,7 +187,7 @@ class _RequestAttempt:
         if isinstance(exc, httpx.ConnectTimeout):
             ticket.failed(TimeoutError(str(exc)))
         elif isinstance(exc, httpx.ConnectError) and (cause := endpoint_error(exc)) is not None:
-            ticket.failed(cause)
+            ticket.failed(cause, elapsed=time.monotonic() - self.started)
         else:
             ticket.abandoned()
 

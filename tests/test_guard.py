@@ -158,7 +158,11 @@ def test_jitter_stays_within_twenty_percent() -> None:
     """The wait is the base times a factor in [0.8, 1.2]."""
     for value, factor in [(0.0, 0.8), (1.0, 1.2)]:
         clock = FakeClock()
-        guard = Guard(Config.from_env({}, open_seconds=10.0), clock=clock, rng=lambda v=value: v)
+        guard = Guard(
+            Config.from_env({}, open_seconds=10.0, max_open_seconds=300.0),
+            clock=clock,
+            rng=lambda v=value: v,
+        )
         admit(guard).failed(refused())
         assert guard.status()[0]["retry_after"] == pytest.approx(10.0 * factor)
 

@@ -19,6 +19,9 @@ from connguard import LaneTimeout
 from connguard._gate import Lane
 from connguard.testing import SerializedHost, blackhole, http_server, serialized_host, tcp_server
 
+# These tests use refused loopback ports as dead endpoints (see conftest).
+pytestmark = pytest.mark.usefixtures("every_failure_counts")
+
 # How long a dead (blackholed) connect may hold a slot in these tests.
 DEAD = 1.5
 

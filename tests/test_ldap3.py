@@ -46,6 +46,7 @@ SETTINGS: dict[str, Any] = {
     "min_connect_timeout": 0.2,
     "open_seconds": 30,  # no recovery trial during a test unless the test asks for one
     "max_open_seconds": 60,
+    "costly_failure": 0,  # refused loopback ports stand in for dead servers
 }
 FAST = 0.1  # generous bound for "fails fast" on a noisy 2-core machine
 
@@ -180,7 +181,7 @@ def test_fast_failure_is_raised_before_a_socket_is_made(slapd: SlapdServer) -> N
         # ldap3 rebuilds errors as type(e)(str(e)): the text must survive that unchanged.
         rebuilt = type(caught.value)(str(caught.value))
         assert str(rebuilt) == str(caught.value) == conn.last_error
-        assert isinstance(caught.value, ConnectionRefusedError)
+        assert isinstance(caught.value, TimeoutError)  # the blackhole timed out: same kind
 
 
 # ldap3 drops (does not close) the socket of a failed candidate address before trying

@@ -19,6 +19,9 @@ from connguard import _api
 from connguard._probe import udp_echo
 from connguard.testing import blackhole, tcp_server, udp_echo_server
 
+# These tests use refused loopback ports as dead endpoints (see conftest).
+pytestmark = pytest.mark.usefixtures("every_failure_counts")
+
 
 def _wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
     end = time.monotonic() + timeout

@@ -8,7 +8,16 @@ import pickle
 import pytest
 
 import connguard
-from connguard import ConfigError, ConnectDeadlineExceeded, EndpointUnavailable, LaneTimeout
+from connguard import (
+    ConfigError,
+    ConnectDeadlineExceeded,
+    ConnguardError,
+    EndpointRefused,
+    EndpointTimedOut,
+    EndpointUnavailable,
+    EndpointUnreachable,
+    LaneTimeout,
+)
 
 
 def test_all_lists_exactly_the_public_names() -> None:
@@ -29,22 +38,41 @@ def test_version_is_a_string() -> None:
     assert isinstance(connguard.__version__, str)
 
 
-def test_endpoint_unavailable_is_a_refused_connect() -> None:
-    """EndpointUnavailable is caught by code that handles a refused connect."""
-    exc = EndpointUnavailable("dead", "10.0.0.5:4000", 4.5)
-    assert isinstance(exc, ConnectionRefusedError)
-    assert isinstance(exc, OSError)
-    assert exc.errno == errno.ECONNREFUSED
+@pytest.mark.parametrize(
+    ("cls", "builtin", "code"),
+    [
+        (EndpointRefused, ConnectionRefusedError, errno.ECONNREFUSED),
+        (EndpointTimedOut, TimeoutError, errno.ETIMEDOUT),
+        (EndpointUnreachable, OSError, errno.EHOSTUNREACH),
+    ],
+)
+def test_fast_failures_are_the_builtin_of_their_kind(
+    cls: type[EndpointUnavailable], builtin: type[OSError], code: int
+) -> None:
+    """Each fast failure is an EndpointUnavailable, a ConnguardError and its kind's builtin."""
+    exc = cls("dead", "10.0.0.5:4000", 4.5)
+    assert isinstance(exc, EndpointUnavailable)
+    assert isinstance(exc, ConnguardError)
+    assert isinstance(exc, builtin)
+    assert exc.errno == code
     assert exc.endpoint == "10.0.0.5:4000"
     assert exc.retry_after == 4.5
     assert "dead" in str(exc)
+    assert type(cls("only a message")) is cls  # ldap3 rebuilds errors from one string
+    assert cls.__module__ == "connguard"
+
+
+def test_timed_out_endpoint_is_not_a_refusal() -> None:
+    """A timed-out endpoint's fast failure is not caught as a refused connect."""
+    assert not isinstance(EndpointTimedOut("dead"), ConnectionRefusedError)
 
 
 def test_endpoint_unavailable_survives_pickling() -> None:
     """A pickled EndpointUnavailable keeps its errno, endpoint and retry_after."""
-    exc = pickle.loads(pickle.dumps(EndpointUnavailable("dead", "h:1", 2.0)))
+    exc = pickle.loads(pickle.dumps(EndpointTimedOut("dead", "h:1", 2.0)))
+    assert type(exc) is EndpointTimedOut
     assert (exc.errno, exc.endpoint, exc.retry_after, exc.strerror) == (
-        errno.ECONNREFUSED,
+        errno.ETIMEDOUT,
         "h:1",
         2.0,
         "dead",

@@ -25,6 +25,9 @@ from connguard.testing import (
     udp_echo_server,
 )
 
+# These tests use refused loopback ports as dead endpoints (see conftest).
+pytestmark = pytest.mark.usefixtures("every_failure_counts")
+
 # How long a blackhole connect holds the slot in these tests.
 HOLD = 1.0
 

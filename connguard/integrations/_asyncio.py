@@ -211,7 +211,7 @@ async def _connect_with_deadline(
             ) from exc
         raise
     except OSError as exc:
-        ticket.failed(exc)
+        ticket.failed(exc, elapsed=time.monotonic() - started)
         raise
     except BaseException:
         # Cancelled (happy eyeballs lost the race, the caller's own timeout): no

@@ -141,9 +141,7 @@ class _Attempt:
         try:
             ticket = guard.admit(host, port)
         except EndpointUnavailable as exc:
-            import httpcore
-
-            raise chained(httpcore.ConnectError, exc) from exc
+            raise fast_failure(exc) from exc
         self.ticket = ticket
         self.timeout = timeout
         self.imposed = False
@@ -181,6 +179,13 @@ class _Attempt:
 
         if isinstance(exc, httpcore.ConnectTimeout):
             cause = exc.__cause__ or exc.__context__
+            if (
+                not self.imposed
+                and self.timeout is not None
+                and (self.timeout < ticket.health.budget)
+            ):
+                ticket.abandoned()  # the caller's own shorter timeout: no evidence
+                return None
             ticket.failed(cause if isinstance(cause, TimeoutError) else TimeoutError(str(exc)))
             if self.imposed:
                 deadline = ticket.deadline
@@ -198,7 +203,7 @@ class _Attempt:
             if cause is None:
                 ticket.abandoned()
             else:
-                ticket.failed(cause)
+                ticket.failed(cause, elapsed=time.monotonic() - self.started)
             return None
         ticket.abandoned()
         return None
@@ -251,6 +256,14 @@ async def connect_async(
 
 
 _CHAINED: dict[type[BaseException], type[BaseException]] = {}
+
+
+def fast_failure(exc: EndpointUnavailable) -> BaseException:
+    """httpcore's error for a fast failure: a timed-out endpoint's is a ConnectTimeout."""
+    import httpcore
+
+    base = httpcore.ConnectTimeout if isinstance(exc, TimeoutError) else httpcore.ConnectError
+    return chained(base, exc)
 
 
 def chained(base: type[BaseException], cause: BaseException) -> BaseException:

@@ -37,7 +37,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from .._endpoint import Endpoint, format_endpoint
-from .._errors import EndpointUnavailable
+from .._errors import EndpointRefused, EndpointTimedOut, EndpointUnavailable, EndpointUnreachable
 from .._guard import Guard, Ticket
 from .._tcp import abort_connect, connect_left_host
 from ._context import admitted_above
@@ -54,6 +54,7 @@ _MODE_FAMILIES: dict[str, tuple[int, ...]] = {
     "IP_V6_ONLY": (socket.AF_INET6,),
 }
 # ldap3's own prefix of connection.last_error for a failed TCP connect (not TLS, not bind).
+_OpenErrors = dict[type[EndpointUnavailable], Any]
 _CONNECT_ERROR_PREFIX = "socket connection error while opening: "
 
 # The ServerPoolState searching for an active server in this thread or task: lets
@@ -79,15 +80,19 @@ def _patch(guard: Guard, patcher: Patcher) -> None:
     # LDAPSocketOpenError by ldap3 users and as EndpointUnavailable by connguard users.
     # Its str() is the bare message, so ldap3's rebuild ``type(e)(str(e))`` keeps it
     # readable instead of stacking "[Errno 111]" prefixes.
-    open_error = type(
-        "LDAPSocketOpenError",
-        (exceptions.LDAPSocketOpenError, EndpointUnavailable),
-        {"__str__": _bare_message},
-    )
+    # One per kind, so that the fast failure is also the builtin the endpoint last gave.
+    open_errors: _OpenErrors = {
+        kind: type(
+            "LDAPSocketOpenError",
+            (exceptions.LDAPSocketOpenError, kind),
+            {"__str__": _bare_message},
+        )
+        for kind in (EndpointTimedOut, EndpointRefused, EndpointUnreachable)
+    }
     exhausted = exceptions.LDAPServerPoolExhaustedError
     find_active = _pool_search_wrapper(guard, exhausted)
     wraps: list[tuple[Any, str, Wrapper]] = [
-        (base.BaseStrategy, "_open_socket", _open_socket_wrapper(guard, open_error)),
+        (base.BaseStrategy, "_open_socket", _open_socket_wrapper(guard, open_errors)),
         (server.Server, "check_availability", _check_availability_wrapper(guard, exhausted)),
         (pooling.ServerPoolState, "find_active_server", find_active),
         (pooling.ServerPoolState, "find_active_random_server", find_active),
@@ -157,7 +162,7 @@ def _endpoint_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Endpoint | No
     return (sockaddr[0], sockaddr[1])
 
 
-def _open_socket_wrapper(guard: Guard, open_error: type[Exception]) -> Wrapper:
+def _open_socket_wrapper(guard: Guard, open_errors: _OpenErrors) -> Wrapper:
     admits_here = "socket" not in guard.config.integrations
 
     def _open_socket(
@@ -175,7 +180,7 @@ def _open_socket_wrapper(guard: Guard, open_error: type[Exception]) -> Wrapper:
                     if late is not None:  # closed or trial due meanwhile: socket layer's turn
                         late.abandoned()
         except EndpointUnavailable as exc:
-            raise _open_failure(strategy, open_error, exc) from exc
+            raise _open_failure(strategy, open_errors, exc) from exc
         except Exception as exc:
             guard.contain("ldap3 _open_socket", exc)
         if ticket is None:
@@ -185,17 +190,15 @@ def _open_socket_wrapper(guard: Guard, open_error: type[Exception]) -> Wrapper:
     return _open_socket
 
 
-def _open_failure(strategy: Any, open_error: type[Exception], exc: EndpointUnavailable) -> Any:
+def _open_failure(strategy: Any, open_errors: _OpenErrors, exc: EndpointUnavailable) -> Any:
     """ldap3's own shape of a failed open, built from connguard's fast failure."""
     message = _CONNECT_ERROR_PREFIX + str(exc.strerror)
     try:
         strategy.connection.last_error = message
     except Exception:
         pass
-    error: Any = open_error(message)
-    error.endpoint = exc.endpoint
-    error.retry_after = exc.retry_after
-    return error
+    kind = next((k for k in open_errors if isinstance(exc, k)), EndpointUnreachable)
+    return open_errors[kind](message, exc.endpoint, exc.retry_after, exc.errno)
 
 
 def _open_with_ticket(
@@ -211,7 +214,7 @@ def _open_with_ticket(
     try:
         result = wrapped(*args, **kwargs)
     except Exception as exc:
-        _report_open_failure(ticket, strategy, exc)
+        _report_open_failure(ticket, strategy, exc, time.monotonic() - started)
         raise
     except BaseException:
         ticket.abandoned()
@@ -222,7 +225,7 @@ def _open_with_ticket(
     return result
 
 
-def _report_open_failure(ticket: Ticket, strategy: Any, exc: Exception) -> None:
+def _report_open_failure(ticket: Ticket, strategy: Any, exc: Exception, elapsed: float) -> None:
     connection = getattr(strategy, "connection", None)
     last_error = str(getattr(connection, "last_error", "") or "")
     if not last_error.startswith(_CONNECT_ERROR_PREFIX):
@@ -230,10 +233,15 @@ def _report_open_failure(ticket: Ticket, strategy: Any, exc: Exception) -> None:
         return
     left_host = True
     sock = getattr(connection, "socket", None)
-    if isinstance(exc, TimeoutError) and isinstance(sock, socket.socket):
-        left_host = connect_left_host(sock)
-        abort_connect(sock)  # ldap3 keeps the socket: do not leave it in SYN_SENT
-    ticket.failed(exc, left_host=left_host)
+    if isinstance(exc, TimeoutError):
+        if isinstance(sock, socket.socket):
+            left_host = connect_left_host(sock)
+            abort_connect(sock)  # ldap3 keeps the socket: do not leave it in SYN_SENT
+        own = getattr(getattr(connection, "server", None), "connect_timeout", None)
+        if isinstance(own, int | float) and own < ticket.health.budget:
+            ticket.abandoned()  # the caller's own shorter timeout: no evidence
+            return
+    ticket.failed(exc, elapsed=elapsed, left_host=left_host)
 
 
 # -- Server.check_availability and the ServerPool search -------------------------------

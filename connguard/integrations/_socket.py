@@ -126,9 +126,9 @@ def _connect_wrapper(guard: Guard) -> Any:
                 abort_connect(sock)
                 if how is _TIMEOUT:
                     raise _deadline_exceeded(ticket, left_host) from exc
-                ticket.failed(exc, left_host=left_host)
+                _timed_out(ticket, exc, timeout, left_host)
             else:
-                ticket.failed(exc)
+                ticket.failed(exc, elapsed=monotonic() - started)
             raise
         except BaseException:
             if how is _WATCHED:
@@ -145,6 +145,14 @@ def _connect_wrapper(guard: Guard) -> Any:
         return result
 
     return connect
+
+
+def _timed_out(ticket: Ticket, exc: OSError, timeout: float | None, left_host: bool) -> None:
+    """A timeout connguard did not impose: the caller's own shorter one is no evidence."""
+    if timeout is not None and timeout < ticket.health.budget:
+        ticket.abandoned()
+    else:
+        ticket.failed(exc, left_host=left_host)
 
 
 def _deadline_exceeded(ticket: Ticket, left_host: bool = True) -> ConnectDeadlineExceeded:
@@ -166,7 +174,7 @@ def _connect_nonblocking(
         ticket.abandoned()  # in progress: the outcome is not ours to see
         raise
     except OSError as exc:
-        ticket.failed(exc)
+        ticket.failed(exc, elapsed=0.0)  # answered at once, as a non-blocking call does
         raise
     except BaseException:
         ticket.abandoned()
@@ -191,7 +199,11 @@ def _connect_ex_wrapper(guard: Guard) -> Any:
             timeout != 0.0 and deadline is not None and (timeout is None or timeout > deadline)
         )
         if imposed:
-            sock.settimeout(deadline)
+            try:
+                sock.settimeout(deadline)
+            except OSError:  # closed socket: let the real call give its own answer
+                ticket.abandoned()
+                return wrapped(*args, **kwargs)
         started = monotonic()
         try:
             code = wrapped(*args, **kwargs)
@@ -209,21 +221,25 @@ def _connect_ex_wrapper(guard: Guard) -> Any:
         elif timeout == 0.0 and code in (errno.EINPROGRESS, errno.EWOULDBLOCK):
             ticket.abandoned()
         else:
-            _report_errno(ticket, sock, code, timeout != 0.0)
+            if imposed and code == errno.EAGAIN:
+                code = errno.ETIMEDOUT  # what the call answers at the OS's own timeout
+            _report_errno(ticket, sock, code, timeout, monotonic() - started)
         return code
 
     return connect_ex
 
 
-def _report_errno(ticket: Ticket, sock: Any, code: int, blocking: bool) -> None:
-    exc_type = _ERRNO_EXCEPTIONS.get(code, OSError) if blocking else OSError
+def _report_errno(
+    ticket: Ticket, sock: Any, code: int, timeout: float | None, elapsed: float
+) -> None:
+    exc_type = _ERRNO_EXCEPTIONS.get(code, OSError) if timeout != 0.0 else OSError
     exc = exc_type(code, os.strerror(code))
     if exc_type is TimeoutError:
         left_host = connect_left_host(sock)
         abort_connect(sock)
-        ticket.failed(exc, left_host=left_host)
+        _timed_out(ticket, exc, timeout, left_host)
     else:
-        ticket.failed(exc)
+        ticket.failed(exc, elapsed=elapsed)
 
 
 # -- the connect lane and the first-contact pre-check ----------------------------------
@@ -292,7 +308,7 @@ def _nonblocking_code(
     if code in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
         ticket.abandoned()
     else:
-        ticket.failed(OSError(code, os.strerror(code)))
+        ticket.failed(OSError(code, os.strerror(code)), elapsed=0.0)
     return code
 
 
@@ -321,6 +337,7 @@ def _own_in_lane(
     deadline = ticket.deadline
     imposed = deadline is not None and (timeout is None or timeout > deadline)
     budget = deadline if imposed else timeout
+    started = time.monotonic()
     try:
         result, elapsed = _in_lane(gate, ticket, budget, wrapped, sock, args, kwargs, ex)
     except LaneTimeout:
@@ -331,10 +348,11 @@ def _own_in_lane(
         abort_connect(sock)
         if imposed:
             raise _deadline_exceeded(ticket, left_host) from exc
-        ticket.failed(exc, left_host=left_host)
+        _timed_out(ticket, exc, timeout, left_host)
         raise
     except OSError as exc:
-        ticket.failed(exc)
+        # Queue time included: failing fast would have spared the caller that too.
+        ticket.failed(exc, elapsed=time.monotonic() - started)
         raise
     except BaseException:
         ticket.abandoned()
