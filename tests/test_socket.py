@@ -246,7 +246,7 @@ def test_nonblocking_connect_fails_fast_when_open() -> None:
 
 
 def test_connect_ex_reports_deadline_as_errno() -> None:
-    """connect_ex returns ETIMEDOUT, as the OS's own timeout would, when connguard's deadline ends it."""
+    """connect_ex returns ETIMEDOUT, as at the OS's own timeout, when connguard's deadline ends."""
     connguard.install(environ={}, **FAST)
     with blackhole() as dead, closing(socket.socket()) as sock:
         assert sock.connect_ex(dead.address) == errno.ETIMEDOUT
