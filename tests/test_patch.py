@@ -216,6 +216,7 @@ def test_old_guard_is_silent_after_uninstall(caplog: pytest.LogCaptureFixture) -
 
     socket.socket.connect = patched  # type: ignore[method-assign]
     connguard.uninstall()
+    caplog.clear()  # install()/uninstall()'s own lines are not the point
     with caplog.at_level(logging.DEBUG, logger="connguard"):
         for _ in range(3):
             with pytest.raises(ConnectionRefusedError):
