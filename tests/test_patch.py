@@ -222,3 +222,39 @@ def test_old_guard_is_silent_after_uninstall(caplog: pytest.LogCaptureFixture) -
             with pytest.raises(ConnectionRefusedError):
                 connect(("127.0.0.1", free_port()))
     assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_stale_wrapt_wrapper_passes_through_after_uninstall() -> None:
+    """asyncio's wrapt-patched sock_connect under a monkeypatch stops failing fast at uninstall."""
+    import asyncio
+    import asyncio.selector_events as selector_events
+
+    loop_class = selector_events.BaseSelectorEventLoop
+    saved = vars(loop_class)["sock_connect"]
+    connguard.install(environ={}, open_seconds=60)
+    below = loop_class.sock_connect
+
+    async def patched(self: Any, sock: Any, address: Any) -> Any:
+        return await below(self, sock, address)
+
+    loop_class.sock_connect = patched  # type: ignore[method-assign]
+    try:
+        port = free_port()
+
+        async def attempt() -> BaseException:
+            with closing(socket.socket()) as sock:
+                sock.setblocking(False)
+                try:
+                    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+                except OSError as exc:
+                    return exc
+            raise AssertionError("connected to a closed port")
+
+        assert isinstance(asyncio.run(attempt()), ConnectionRefusedError)
+        assert isinstance(asyncio.run(attempt()), EndpointUnavailable)
+        connguard.uninstall()
+        after = asyncio.run(attempt())
+        assert isinstance(after, ConnectionRefusedError)
+        assert not isinstance(after, EndpointUnavailable)
+    finally:
+        loop_class.sock_connect = saved  # type: ignore[method-assign]
