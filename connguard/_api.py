@@ -194,16 +194,21 @@ def verify_patches() -> list[str]:
     """
     if _state.guard is None:
         return []
+    # Never wait for install()/uninstall(): a background tick calling this while
+    # uninstall() joins that very thread would stall both. Skip this check instead.
+    if not _state.lock.acquire(blocking=False):
+        return list(_state.displaced)
     try:
-        with _state.lock:
-            found: list[str] = []
-            for patcher in _state.patchers:
-                found.extend(patcher.verify())
-            _state.displaced = found
-            return list(found)
+        found: list[str] = []
+        for patcher in _state.patchers:
+            found.extend(patcher.verify())
+        _state.displaced = found
+        return list(found)
     except Exception:  # a check must never break the caller (a tick, status())
         log.debug("connguard: verify_patches failed", exc_info=True)
         return []
+    finally:
+        _state.lock.release()
 
 
 def displaced() -> list[str]:
