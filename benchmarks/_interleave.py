@@ -39,3 +39,41 @@ def interleaved(block: Callable[[], list[float]], rounds: int) -> dict[str, Any]
         "ratio_p90": round(deciles[-1], 4),
         "per_side": len(samples[True]),
     }
+
+
+def interleaved_variants(
+    block: Callable[[], float],
+    variants: dict[str, tuple[Callable[[], None], Callable[[], None]]],
+    rounds: int,
+) -> dict[str, dict[str, float]]:
+    """Run ``block`` under each variant (set up, tear down), rotating the order per round.
+
+    The first variant is the baseline: each other variant's figure is the median over
+    rounds of (its value / the baseline's value in the same round), so every row is a
+    ratio against a floor measured minutes, not hours, apart.
+    """
+    names = list(variants)
+    values: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(rounds):
+        shift = i % len(names)
+        this_round = {}
+        for name in names[shift:] + names[:shift]:
+            set_up, tear_down = variants[name]
+            set_up()
+            try:
+                this_round[name] = block()
+            finally:
+                tear_down()
+            values[name].append(this_round[name])
+        for name in names:
+            ratios[name].append(this_round[name] / this_round[names[0]])
+    return {
+        name: {
+            "value": statistics.median(values[name]),
+            "ratio": statistics.median(ratios[name]),
+            "ratio_p10": statistics.quantiles(ratios[name], n=10, method="inclusive")[0],
+            "ratio_p90": statistics.quantiles(ratios[name], n=10, method="inclusive")[-1],
+        }
+        for name in names
+    }

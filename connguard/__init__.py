@@ -8,6 +8,7 @@ See https://github.com/connguard/connguard (docs/) for the full story.
 
 from __future__ import annotations
 
+from ._api import displaced as displaced
 from ._api import install as install
 from ._api import is_installed as is_installed
 from ._api import lane_status as lane_status
@@ -34,6 +35,7 @@ __all__ = [
     "EndpointUnavailable",
     "EndpointUnreachable",
     "LaneTimeout",
+    "displaced",
     "install",
     "is_installed",
     "lane_status",

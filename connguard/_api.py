@@ -15,19 +15,21 @@ from ._guard import Guard
 
 __all__ = [
     "current_guard",
+    "displaced",
     "install",
     "is_installed",
     "lane_status",
     "reset",
     "status",
     "uninstall",
+    "verify_patches",
 ]
 
 log = logging.getLogger("connguard")
 
 
 class _State:
-    __slots__ = ("guard", "lock", "patchers", "prober", "stoppers")
+    __slots__ = ("displaced", "guard", "lock", "patchers", "prober", "stoppers")
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -36,6 +38,8 @@ class _State:
         self.prober: Any = None  # connguard._probe.Prober, when recovery is probed
         # Called at uninstall(), newest first (background threads, hooks).
         self.stoppers: list[Callable[[], None]] = []
+        # Patched attributes that something else now stands in (see verify_patches()).
+        self.displaced: list[str] = []
 
 
 _state = _State()
@@ -96,8 +100,10 @@ def uninstall() -> None:
             _state.prober.stop()
             _state.prober = None
         if _state.guard is not None:
-            _state.guard.watchdog.stop()
+            # Not stop(): a connect admitted before uninstall() keeps its deadline.
+            _state.guard.watchdog.retire()
         _state.guard = None
+        _state.displaced = []
 
 
 def _set_up_probing(guard: Guard) -> None:
@@ -168,7 +174,51 @@ def lane_status() -> dict[str, Any] | None:
 
 
 def is_installed() -> bool:
+    """True while installed (even when an attribute is displaced: see ``displaced()``).
+
+    Checks the patched attributes first (``verify_patches()``).
+    """
+    verify_patches()
     return _state.guard is not None
+
+
+def verify_patches() -> list[str]:
+    """Check every patched attribute; put back what a naive restore removed.
+
+    An attribute set back to the very original connguard had wrapped (pytest-socket
+    does so after every test) gets connguard's wrapper again. When something else
+    stands there, it is left alone and logged once; the names of such attributes
+    are returned (and kept for ``displaced()``). Cheap (one dict lookup per patched
+    attribute): called at ``status()``, ``is_installed()`` and from idle ticks,
+    never per connect. Never raises.
+    """
+    if _state.guard is None:
+        return []
+    # Never wait for install()/uninstall(): a background tick calling this while
+    # uninstall() joins that very thread would stall both. Skip this check instead.
+    if not _state.lock.acquire(blocking=False):
+        return list(_state.displaced)
+    try:
+        found: list[str] = []
+        for patcher in _state.patchers:
+            found.extend(patcher.verify())
+        _state.displaced = found
+        return list(found)
+    except Exception:  # a check must never break the caller (a tick, status())
+        log.debug("connguard: verify_patches failed", exc_info=True)
+        return []
+    finally:
+        _state.lock.release()
+
+
+def displaced() -> list[str]:
+    """Patched attributes something else now stands in, e.g. ``["socket.connect"]``.
+
+    Calls through such an attribute are not guarded. Empty when none (or not
+    installed). Checks first, like ``is_installed()``.
+    """
+    verify_patches()
+    return list(_state.displaced)
 
 
 def current_guard() -> Guard | None:
@@ -190,6 +240,7 @@ def status() -> list[dict[str, Any]]:
     (seconds, None when closed), successes, failures_total, fast_failures,
     openings. Empty when not installed.
     """
+    verify_patches()
     guard = _state.guard
     return [] if guard is None else guard.status()
 

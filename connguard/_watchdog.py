@@ -20,6 +20,7 @@ import logging
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -107,6 +108,30 @@ class Watchdog:
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(1.0)
+
+    def retire(self) -> None:
+        """Stop once the connects in flight are over: each keeps its deadline.
+
+        At ``uninstall()``: stopping at once would let a connect admitted just
+        before run unbounded. With nothing in flight this is ``stop()``; otherwise a
+        short-lived thread waits (bounded: twice the longest deadline, plus 1 s)
+        and then stops the watchdog.
+        """
+        watches = list(self._inflight.values())
+        if not watches and not self._yielding:
+            self.stop()
+            return
+        longest = max((w.deadline or 0.0 for w in watches), default=0.0)
+        give_up = time.monotonic() + 2 * longest + 1.0
+
+        def stop_when_idle() -> None:
+            while (self._inflight or self._yielding) and time.monotonic() < give_up:
+                time.sleep(_INTERVAL)
+            self.stop()
+
+        threading.Thread(
+            target=stop_when_idle, name="connguard-watchdog-retire", daemon=True
+        ).start()
 
     def after_fork(self) -> None:
         """In a child: the parent's thread and connects did not come along."""

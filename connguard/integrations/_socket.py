@@ -40,7 +40,7 @@ from .._guard import Guard, Ticket
 from .._tcp import abort_connect, connect_left_host
 from .._watchdog import WATCHDOG_ABORTS
 from ._context import admitted_above
-from ._patch import Patcher
+from ._patch import Factory, Live, Patcher
 
 __all__ = ["install"]
 
@@ -69,8 +69,9 @@ def install(guard: Guard) -> Patcher:
         patcher.wrap(socket.socket, "connect", _lane_connect_wrapper(guard, ex=False))
         patcher.wrap(socket.socket, "connect_ex", _lane_connect_wrapper(guard, ex=True))
         return patcher
-    patcher.wrap(socket.socket, "connect", _connect_wrapper(guard))
-    patcher.wrap(socket.socket, "connect_ex", _connect_ex_wrapper(guard))
+    # The hot path: plain functions, not wrapt (see _patch.py and docs/benchmarks.md).
+    patcher.replace(socket.socket, "connect", _connect_factory(guard))
+    patcher.replace(socket.socket, "connect_ex", _connect_ex_factory(guard))
     return patcher
 
 
@@ -84,67 +85,75 @@ def _admission(guard: Guard, sock: Any, args: tuple[Any, ...]) -> Ticket | None:
     return guard.admit(address[0], address[1])
 
 
-def _connect_wrapper(guard: Guard) -> Any:
+def _connect_factory(guard: Guard) -> Factory:
     monotonic = time.monotonic
     admit = guard.admit
-    watch = guard.watchdog.watch
-    unwatch = guard.watchdog.unwatch
+    watchdog = guard.watchdog
+    watch = watchdog.watch
+    unwatch = watchdog.unwatch
 
-    def connect(wrapped: Any, sock: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        # _admission(), inlined: this is the hottest line of connguard.
-        if _type_of(sock) != _STREAM or _family_of(sock) not in _INET or admitted_above.get():
-            return wrapped(*args, **kwargs)
-        address = args[0] if args else None
-        if type(address) is not tuple or len(address) < 2:
-            return wrapped(*args, **kwargs)
-        ticket = admit(address[0], address[1])
-        if ticket is None:
-            return wrapped(*args, **kwargs)
-        timeout = sock.gettimeout()
-        if timeout == 0.0:
-            return _connect_nonblocking(wrapped, ticket, args, kwargs)
-        deadline = ticket.deadline
-        how = _NONE
-        started = monotonic()
-        key = id(sock)
-        if deadline is not None and (timeout is None or timeout > deadline):
-            if WATCHDOG_ABORTS:
-                how = _WATCHED
-                ticket.sock = sock
-                ticket.expires = started + deadline
-                watch(key, ticket)
-            else:
-                how = _TIMEOUT
-                sock.settimeout(deadline)
-        try:
-            result = wrapped(*args, **kwargs)
-        except OSError as exc:
-            if how is _WATCHED and not unwatch(key):
-                raise _deadline_exceeded(ticket) from exc
-            if isinstance(exc, TimeoutError):
-                left_host = connect_left_host(sock)
-                abort_connect(sock)
+    def factory(original: Any, live: Live) -> Any:
+        def connect(sock: Any, address: Any, /) -> Any:
+            # _admission(), inlined: this is the hottest line of connguard.
+            if (
+                not live  # uninstalled, yet still called by a patch stacked on ours
+                or _type_of(sock) != _STREAM
+                or _family_of(sock) not in _INET
+                or admitted_above.get()
+                or type(address) is not tuple
+                or len(address) < 2
+            ):
+                return original(sock, address)
+            ticket = admit(address[0], address[1])
+            if ticket is None:
+                return original(sock, address)
+            timeout = sock.gettimeout()
+            if timeout == 0.0:
+                return _connect_nonblocking(original, ticket, (sock, address), {})
+            deadline = ticket.deadline
+            how = _NONE
+            started = monotonic()
+            key = id(sock)
+            if deadline is not None and (timeout is None or timeout > deadline):
+                if WATCHDOG_ABORTS:
+                    how = _WATCHED
+                    ticket.sock = sock
+                    ticket.expires = started + deadline
+                    watch(key, ticket)
+                else:
+                    how = _TIMEOUT
+                    sock.settimeout(deadline)
+            try:
+                result = original(sock, address)
+            except OSError as exc:
+                if how is _WATCHED and not unwatch(key):
+                    raise _deadline_exceeded(ticket) from exc
+                if isinstance(exc, TimeoutError):
+                    left_host = connect_left_host(sock)
+                    abort_connect(sock)
+                    if how is _TIMEOUT:
+                        raise _deadline_exceeded(ticket, left_host) from exc
+                    _timed_out(ticket, exc, timeout, left_host)
+                else:
+                    ticket.failed(exc, elapsed=monotonic() - started)
+                raise
+            except BaseException:
+                if how is _WATCHED:
+                    unwatch(key)
+                ticket.abandoned()
+                raise
+            finally:
                 if how is _TIMEOUT:
-                    raise _deadline_exceeded(ticket, left_host) from exc
-                _timed_out(ticket, exc, timeout, left_host)
-            else:
-                ticket.failed(exc, elapsed=monotonic() - started)
-            raise
-        except BaseException:
-            if how is _WATCHED:
-                unwatch(key)
-            ticket.abandoned()
-            raise
-        finally:
-            if how is _TIMEOUT:
-                sock.settimeout(timeout)
-        if how is _WATCHED and not unwatch(key):
-            # Connected in the instant the watchdog aborted it: the socket is shut down.
-            raise _deadline_exceeded(ticket)
-        ticket.succeeded(monotonic() - started)
-        return result
+                    sock.settimeout(timeout)
+            if how is _WATCHED and not unwatch(key):
+                # Connected in the instant the watchdog aborted it: the socket is shut down.
+                raise _deadline_exceeded(ticket)
+            ticket.succeeded(monotonic() - started)
+            return result
 
-    return connect
+        return connect
+
+    return factory
 
 
 def _timed_out(ticket: Ticket, exc: OSError, timeout: float | None, left_host: bool) -> None:
@@ -183,50 +192,55 @@ def _connect_nonblocking(
     return result
 
 
-def _connect_ex_wrapper(guard: Guard) -> Any:
+def _connect_ex_factory(guard: Guard) -> Factory:
     monotonic = time.monotonic
 
-    def connect_ex(wrapped: Any, sock: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        try:
-            ticket = _admission(guard, sock, args)
-        except EndpointUnavailable:
-            return errno.ECONNREFUSED
-        if ticket is None:
-            return wrapped(*args, **kwargs)
-        timeout = sock.gettimeout()
-        deadline = ticket.deadline
-        imposed = (
-            timeout != 0.0 and deadline is not None and (timeout is None or timeout > deadline)
-        )
-        if imposed:
+    def factory(original: Any, live: Live) -> Any:
+        def connect_ex(sock: Any, address: Any, /) -> Any:
+            if not live:
+                return original(sock, address)
             try:
-                sock.settimeout(deadline)
-            except OSError:  # closed socket: let the real call give its own answer
-                ticket.abandoned()
-                return wrapped(*args, **kwargs)
-        started = monotonic()
-        try:
-            code = wrapped(*args, **kwargs)
-        except BaseException:
-            ticket.abandoned()
-            raise
-        finally:
+                ticket = _admission(guard, sock, (address,))
+            except EndpointUnavailable:
+                return errno.ECONNREFUSED
+            if ticket is None:
+                return original(sock, address)
+            timeout = sock.gettimeout()
+            deadline = ticket.deadline
+            imposed = (
+                timeout != 0.0 and deadline is not None and (timeout is None or timeout > deadline)
+            )
             if imposed:
-                sock.settimeout(timeout)
-        if code == 0:
-            if timeout == 0.0:
+                try:
+                    sock.settimeout(deadline)
+                except OSError:  # closed socket: let the real call give its own answer
+                    ticket.abandoned()
+                    return original(sock, address)
+            started = monotonic()
+            try:
+                code = original(sock, address)
+            except BaseException:
+                ticket.abandoned()
+                raise
+            finally:
+                if imposed:
+                    sock.settimeout(timeout)
+            if code == 0:
+                if timeout == 0.0:
+                    ticket.abandoned()
+                else:
+                    ticket.succeeded(monotonic() - started)
+            elif timeout == 0.0 and code in (errno.EINPROGRESS, errno.EWOULDBLOCK):
                 ticket.abandoned()
             else:
-                ticket.succeeded(monotonic() - started)
-        elif timeout == 0.0 and code in (errno.EINPROGRESS, errno.EWOULDBLOCK):
-            ticket.abandoned()
-        else:
-            if imposed and code == errno.EAGAIN:
-                code = errno.ETIMEDOUT  # what the call answers at the OS's own timeout
-            _report_errno(ticket, sock, code, timeout, monotonic() - started)
-        return code
+                if imposed and code == errno.EAGAIN:
+                    code = errno.ETIMEDOUT  # what the call answers at the OS's own timeout
+                _report_errno(ticket, sock, code, timeout, monotonic() - started)
+            return code
 
-    return connect_ex
+        return connect_ex
+
+    return factory
 
 
 def _report_errno(
