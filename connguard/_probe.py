@@ -274,6 +274,9 @@ class Prober:
                 return
             if not self.running:
                 self.guard.callers_may_trial = False  # before the thread exists: no gap
+                # Made now, not at install: after gevent's patch_all() it must be a
+                # gevent Event, or the prober's wait would block the whole hub.
+                self._wake = threading.Event()
                 self._thread = threading.Thread(
                     target=self._run, name="connguard-prober", daemon=True
                 )

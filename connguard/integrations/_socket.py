@@ -45,8 +45,24 @@ from ._patch import Patcher
 __all__ = ["install"]
 
 # Raw descriptors: socket.socket.family/.type convert to enums (~0.5 us each).
-_family_of = _socket.socket.family.__get__
-_type_of = _socket.socket.type.__get__
+_raw_family = _socket.socket.family.__get__
+_raw_type = _socket.socket.type.__get__
+
+
+def _family_of(sock: Any) -> int:
+    try:
+        return _raw_family(sock)  # type: ignore[no-any-return]
+    except TypeError:  # gevent's socket class wraps a _socket.socket, is not one
+        return int(sock.family)
+
+
+def _type_of(sock: Any) -> int:
+    try:
+        return _raw_type(sock)  # type: ignore[no-any-return]
+    except TypeError:
+        return int(sock.type)
+
+
 _INET = frozenset({int(socket.AF_INET), int(socket.AF_INET6)})
 _STREAM = int(socket.SOCK_STREAM)
 _TCP = socket.IPPROTO_TCP
@@ -65,13 +81,23 @@ _ERRNO_EXCEPTIONS: dict[int, type[OSError]] = {
 
 def install(guard: Guard) -> Patcher:
     patcher = Patcher()
-    if guard.gate is not None or guard.first_contact is not None:
-        patcher.wrap(socket.socket, "connect", _lane_connect_wrapper(guard, ex=False))
-        patcher.wrap(socket.socket, "connect_ex", _lane_connect_wrapper(guard, ex=True))
-        return patcher
-    patcher.wrap(socket.socket, "connect", _connect_wrapper(guard))
-    patcher.wrap(socket.socket, "connect_ex", _connect_ex_wrapper(guard))
+    wrap_socket_class(patcher, guard, socket.socket)
     return patcher
+
+
+def wrap_socket_class(patcher: Patcher, guard: Guard, cls: type[Any]) -> None:
+    """Guard ``cls.connect``/``connect_ex``: ``socket.socket``, or gevent's replacement.
+
+    gevent's class is not a ``_socket.socket``; its connects wait in the hub, which
+    enforces a socket timeout with a timer (no ioctl, no thread), so its deadlines
+    take the socket-timeout path and the watchdog never touches its sockets.
+    """
+    if guard.gate is not None or guard.first_contact is not None:
+        patcher.wrap(cls, "connect", _lane_connect_wrapper(guard, ex=False))
+        patcher.wrap(cls, "connect_ex", _lane_connect_wrapper(guard, ex=True))
+        return
+    patcher.wrap(cls, "connect", _connect_wrapper(guard, issubclass(cls, _socket.socket)))
+    patcher.wrap(cls, "connect_ex", _connect_ex_wrapper(guard))
 
 
 def _admission(guard: Guard, sock: Any, args: tuple[Any, ...]) -> Ticket | None:
@@ -84,7 +110,7 @@ def _admission(guard: Guard, sock: Any, args: tuple[Any, ...]) -> Ticket | None:
     return guard.admit(address[0], address[1])
 
 
-def _connect_wrapper(guard: Guard) -> Any:
+def _connect_wrapper(guard: Guard, watchable: bool = True) -> Any:
     monotonic = time.monotonic
     admit = guard.admit
     watch = guard.watchdog.watch
@@ -108,7 +134,7 @@ def _connect_wrapper(guard: Guard) -> Any:
         started = monotonic()
         key = id(sock)
         if deadline is not None and (timeout is None or timeout > deadline):
-            if WATCHDOG_ABORTS:
+            if WATCHDOG_ABORTS and watchable:
                 how = _WATCHED
                 ticket.sock = sock
                 ticket.expires = started + deadline
