@@ -1,12 +1,16 @@
 """Pre-checks (tcp, udp-echo, icmp, a callable) and the background recovery prober.
 
 The prober is one daemon thread, started the first time a circuit opens. It
-wakes when an open endpoint's wait expires, checks it (one probe per endpoint
-at a time, since one thread does them in turn), and either closes the circuit
-before any caller needs it or reopens it with the guard's jittered exponential
-backoff. While it runs, ``guard.callers_may_trial`` is False: no caller ever
-pays for a recovery check, and a circuit never stays open just because traffic
-stopped. A probe connect (``tcp``) is background priority in the connect lane.
+wakes when an open endpoint's wait expires and hands the check to a probe
+thread: probes of different endpoints run concurrently, at most
+``MAX_CONCURRENT_PROBES`` at once (and no more than the connect lane's slots
+when the lane is on), one per endpoint at a time, oldest due first. So a live
+endpoint is not kept waiting behind dead ones whose probes each cost a whole
+deadline. Each probe either closes the circuit before any caller needs it or
+reopens it with the guard's jittered exponential backoff. While it runs,
+``guard.callers_may_trial`` is False: no caller ever pays for a recovery check,
+and a circuit never stays open just because traffic stopped. A probe connect
+(``tcp``) is background priority in the connect lane.
 
 Pre-checks that send no SYN (``udp-echo``, ``icmp``, a callable) can also run
 before the first connect to an endpoint never seen before
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
     from ._health import EndpointHealth
 
 __all__ = [
+    "MAX_CONCURRENT_PROBES",
     "PRECHECK_TIMEOUT",
     "FirstContact",
     "Prober",
@@ -61,6 +66,13 @@ _DATAGRAM_TRIES = 3
 # A probe that could not run (preempted by a foreground connect, lane busy) is
 # tried again after this long, without growing the backoff.
 _INCONCLUSIVE_RETRY = 1.0
+# Probes in flight at once: enough that a round over dozens of blackholed
+# endpoints (each probe costs a deadline) takes a few deadlines, not dozens;
+# few enough that recovery never floods a host with SYNs.
+MAX_CONCURRENT_PROBES = 16
+# The scheduler looks over the table at most this often: circuits opening in a
+# burst (thousands of refused endpoints) wake it once, not once per opening.
+_MIN_RESCAN = 0.05
 _ICMP_ECHO_REQUEST, _ICMP_ECHO_REPLY = 8, 0
 _ICMP6_ECHO_REQUEST, _ICMP6_ECHO_REPLY = 128, 129
 _NO_SYN_KINDS = frozenset({"udp-echo", "icmp", "callable"})
@@ -257,6 +269,8 @@ class Prober:
         self.mark_internal = mark_internal
         self.probes = 0
         self.recoveries = 0
+        self.max_concurrent = 0  # most probes seen in flight at once
+        self._probing: set[tuple[str, int]] = set()  # endpoints with a probe in flight
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = False
@@ -274,6 +288,9 @@ class Prober:
                 return
             if not self.running:
                 self.guard.callers_may_trial = False  # before the thread exists: no gap
+                # Made now, not at install: after gevent's patch_all() it must be a
+                # gevent Event, or the prober's wait would block the whole hub.
+                self._wake = threading.Event()
                 self._thread = threading.Thread(
                     target=self._run, name="connguard-prober", daemon=True
                 )
@@ -294,6 +311,7 @@ class Prober:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread = None
+        self._probing = set()
         self.guard.callers_may_trial = True
         if not self._stopped and any(h.is_open for h in self.guard.table.snapshot()):
             self.notify()
@@ -314,31 +332,64 @@ class Prober:
                 if self._stopped:
                     break
                 self._wake.wait(sleep)
+                time.sleep(_MIN_RESCAN)  # let a burst of openings coalesce into one scan
         finally:
             with self._lock:
                 if self._thread is threading.current_thread():
                     self._thread = None
                     self.guard.callers_may_trial = True  # nobody probes: callers trial again
 
+    def _bound(self) -> int:
+        gate = self.guard.gate
+        return MAX_CONCURRENT_PROBES if gate is None else min(MAX_CONCURRENT_PROBES, gate.slots)
+
     def _probe_due(self) -> float | None:
-        """Probe every endpoint whose wait is over; return seconds until the next is due."""
+        """Start probes of endpoints whose wait is over; seconds until the next is due.
+
+        Never blocks on a probe: each runs in its own thread, and one finishing
+        wakes this loop to start the next.
+        """
         guard = self.guard
         next_due: float | None = None
+        now = guard.clock()
+        due = []
         for health in guard.table.snapshot():
-            if self._stopped:
-                return None
-            if not health.is_open or not health.guarded:
+            if not health.is_open or not health.guarded or health.endpoint in self._probing:
                 continue
-            now = guard.clock()
             if health.retry_at > now:
                 wait = health.retry_at - now
                 next_due = wait if next_due is None else min(next_due, wait)
-                continue
-            self._probe(health)
-            if health.is_open:
-                wait = max(0.0, health.retry_at - guard.clock())
-                next_due = wait if next_due is None else min(next_due, wait)
+            else:
+                due.append(health)
+        due.sort(key=lambda h: h.retry_at)  # waited longest first
+        for health in due:
+            if self._stopped or len(self._probing) >= self._bound():
+                break  # the next probe to finish wakes us
+            self._start_probe(health)
         return next_due
+
+    def _start_probe(self, health: EndpointHealth) -> None:
+        self._probing.add(health.endpoint)
+        self.max_concurrent = max(self.max_concurrent, len(self._probing))
+        worker = threading.Thread(
+            target=self._probe_in_thread, args=(health,), name="connguard-probe", daemon=True
+        )
+        try:
+            worker.start()
+        except Exception:
+            self._probing.discard(health.endpoint)
+            raise
+
+    def _probe_in_thread(self, health: EndpointHealth) -> None:
+        try:
+            if self.mark_internal is not None:
+                self.mark_internal()
+            self._probe(health)
+        except Exception as exc:
+            self.guard.contain("probe", exc)
+        finally:
+            self._probing.discard(health.endpoint)
+            self._wake.set()
 
     def _probe(self, health: EndpointHealth) -> None:
         guard = self.guard

@@ -121,7 +121,8 @@ def _filler_connects(sock: socket.socket, address: tuple[str, int]) -> bool:
     """Connect a non-blocking filler; True if the handshake completed."""
     # The C-level method bypasses any wrapper (serialized_host, connguard):
     # building the blackhole must neither wait for a slot nor be recorded.
-    err = _socket.socket.connect_ex(sock, address)
+    # gevent's socket class wraps the real one in ._sock.
+    err = _socket.socket.connect_ex(getattr(sock, "_sock", sock), address)
     if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
         raise OSError(err, f"blackhole filler connect failed: {errno.errorcode.get(err)}")
     if err != 0:

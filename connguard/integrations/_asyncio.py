@@ -17,7 +17,10 @@ address is skipped at once.
 uvloop connects in C and never calls ``sock_connect``: when uvloop is imported
 (before or after ``install()``) its ``Loop.create_connection`` is guarded by
 ``(host, port)`` as given; anyio (httpx) passes resolved addresses there, so
-that path stays per address too.
+that path stays per address too. uvloop's own ``Loop.sock_connect`` is guarded
+like the selector loop's. Around uvloop's ``create_connection`` the
+``admitted_above`` mark is not set: the protocol's ``connection_made`` runs in
+the caller's context, and tasks it spawns would inherit the mark and go unguarded.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ _MAX_ATTEMPTS = 16  # preemptions one connect survives before it gives up
 
 
 async def _connect_in_lane(
-    gate: Lane, ticket: Ticket, sock: Any, connect: Callable[[], Awaitable[Any]]
+    gate: Lane, ticket: Ticket, sock: Any, connect: Callable[[], Awaitable[Any]], mark: bool
 ) -> Any:
     health = ticket.health
     budget = ticket.deadline or health.ceiling
@@ -103,7 +106,7 @@ async def _connect_in_lane(
             if not slot.preempted:
                 ticket.deadline = max(end - time.monotonic(), 1e-6)  # queue time is not its
                 try:
-                    return await _connect_with_deadline(ticket, sock, connect)
+                    return await _connect_with_deadline(ticket, sock, connect, mark)
                 except OSError as exc:
                     if not slot.preempted:
                         raise
@@ -163,22 +166,26 @@ async def guarded_connect(
     ticket: Ticket,
     sock: Any,
     connect: Callable[[], Awaitable[Any]],
+    mark: bool = True,
 ) -> Any:
     """Run ``connect()`` for ``ticket``: lane, deadline, abort on expiry, one outcome.
 
     ``sock`` (may be None when the socket is not ours to see, as with uvloop)
     is aborted when the deadline expires and tells whether the SYN left the host.
+    ``mark=False`` leaves ``admitted_above`` unset: for a call that never reaches a
+    Python-level connect and schedules the caller's protocol callbacks, into which
+    the mark would leak (uvloop's ``create_connection``).
     """
     if guard.gate is not None:
-        return await _connect_in_lane(guard.gate, ticket, sock, connect)
-    return await _connect_with_deadline(ticket, sock, connect)
+        return await _connect_in_lane(guard.gate, ticket, sock, connect, mark)
+    return await _connect_with_deadline(ticket, sock, connect, mark)
 
 
 async def _connect_with_deadline(
-    ticket: Ticket, sock: Any, connect: Callable[[], Awaitable[Any]]
+    ticket: Ticket, sock: Any, connect: Callable[[], Awaitable[Any]], mark: bool = True
 ) -> Any:
     deadline = ticket.deadline
-    token = admitted_above.set(True)
+    token = admitted_above.set(True) if mark else None
     started = time.monotonic()
     expired = False
     try:
@@ -221,7 +228,8 @@ async def _connect_with_deadline(
         ticket.abandoned()
         raise
     finally:
-        admitted_above.reset(token)
+        if token is not None:
+            admitted_above.reset(token)
     ticket.succeeded(time.monotonic() - started)
     return result
 
@@ -230,12 +238,19 @@ async def _connect_with_deadline(
 
 
 def _hook_uvloop(guard: Guard, patcher: Patcher) -> None:
-    """Guard ``uvloop.Loop.create_connection`` now or when uvloop gets imported."""
-    wrapper = _create_connection_wrapper(guard)
+    """Guard ``uvloop.Loop`` now or when uvloop gets imported.
 
-    when_imported(
-        guard, "uvloop", lambda uvloop: patcher.wrap(uvloop.Loop, "create_connection", wrapper)
-    )
+    uvloop implements ``sock_connect`` itself (not ``BaseSelectorEventLoop``'s), so
+    it is wrapped on ``uvloop.Loop`` too.
+    """
+    wrapper = _create_connection_wrapper(guard)
+    sock_connect = _sock_connect_wrapper(guard)
+
+    def patch(uvloop: Any) -> None:
+        patcher.wrap(uvloop.Loop, "create_connection", wrapper)
+        patcher.wrap(uvloop.Loop, "sock_connect", sock_connect)
+
+    when_imported(guard, "uvloop", patch)
 
 
 def _create_connection_wrapper(guard: Guard) -> Any:
@@ -258,7 +273,11 @@ def _create_connection_wrapper(guard: Guard) -> Any:
             # The call includes the TLS handshake: a deadline would cut slow
             # handshakes and count them as dead endpoints. Fail fast only.
             ticket = _without_deadline(ticket)
-        return await guarded_connect(guard, ticket, None, lambda: wrapped(*args, **kwargs))
+        # No mark: uvloop connects in C (no socket wrapper to step aside), and the
+        # mark would leak into tasks the protocol's connection_made spawns.
+        return await guarded_connect(
+            guard, ticket, None, lambda: wrapped(*args, **kwargs), mark=False
+        )
 
     return create_connection
 

@@ -45,8 +45,24 @@ from ._patch import Factory, Live, Patcher
 __all__ = ["install"]
 
 # Raw descriptors: socket.socket.family/.type convert to enums (~0.5 us each).
-_family_of = _socket.socket.family.__get__
-_type_of = _socket.socket.type.__get__
+_raw_family = _socket.socket.family.__get__
+_raw_type = _socket.socket.type.__get__
+
+
+def _family_of(sock: Any) -> int:
+    try:
+        return _raw_family(sock)  # type: ignore[no-any-return]
+    except TypeError:  # gevent's socket class wraps a _socket.socket, is not one
+        return int(sock.family)
+
+
+def _type_of(sock: Any) -> int:
+    try:
+        return _raw_type(sock)  # type: ignore[no-any-return]
+    except TypeError:
+        return int(sock.type)
+
+
 _INET = frozenset({int(socket.AF_INET), int(socket.AF_INET6)})
 _STREAM = int(socket.SOCK_STREAM)
 _TCP = socket.IPPROTO_TCP
@@ -65,14 +81,25 @@ _ERRNO_EXCEPTIONS: dict[int, type[OSError]] = {
 
 def install(guard: Guard) -> Patcher:
     patcher = Patcher()
-    if guard.gate is not None or guard.first_contact is not None:
-        patcher.wrap(socket.socket, "connect", _lane_connect_wrapper(guard, ex=False))
-        patcher.wrap(socket.socket, "connect_ex", _lane_connect_wrapper(guard, ex=True))
-        return patcher
-    # The hot path: plain functions, not wrapt (see _patch.py and docs/benchmarks.md).
-    patcher.replace(socket.socket, "connect", _connect_factory(guard))
-    patcher.replace(socket.socket, "connect_ex", _connect_ex_factory(guard))
+    wrap_socket_class(patcher, guard, socket.socket)
     return patcher
+
+
+def wrap_socket_class(patcher: Patcher, guard: Guard, cls: type[Any]) -> None:
+    """Guard ``cls.connect``/``connect_ex``: ``socket.socket``, or gevent's replacement.
+
+    gevent's class is not a ``_socket.socket``; its connects wait in the hub, which
+    enforces a socket timeout with a timer (no ioctl, no thread), so its deadlines
+    take the socket-timeout path and the watchdog never touches its sockets.
+    """
+    if guard.gate is not None or guard.first_contact is not None:
+        patcher.wrap(cls, "connect", _lane_connect_wrapper(guard, ex=False))
+        patcher.wrap(cls, "connect_ex", _lane_connect_wrapper(guard, ex=True))
+        return
+    # The hot path: plain functions, not wrapt (see _patch.py and docs/benchmarks.md).
+    native = issubclass(cls, _socket.socket)
+    patcher.replace(cls, "connect", _connect_factory(guard, native))
+    patcher.replace(cls, "connect_ex", _connect_ex_factory(guard))
 
 
 def _admission(guard: Guard, sock: Any, args: tuple[Any, ...]) -> Ticket | None:
@@ -85,8 +112,11 @@ def _admission(guard: Guard, sock: Any, args: tuple[Any, ...]) -> Ticket | None:
     return guard.admit(address[0], address[1])
 
 
-def _connect_factory(guard: Guard) -> Factory:
+def _connect_factory(guard: Guard, native: bool = True) -> Factory:
+    """``native``: a ``_socket.socket`` subclass (raw descriptors, the watchdog may abort)."""
     monotonic = time.monotonic
+    type_of, family_of = (_raw_type, _raw_family) if native else (_type_of, _family_of)
+    watched = WATCHDOG_ABORTS and native
     admit = guard.admit
     watchdog = guard.watchdog
     watch = watchdog.watch
@@ -97,8 +127,8 @@ def _connect_factory(guard: Guard) -> Factory:
             # _admission(), inlined: this is the hottest line of connguard.
             if (
                 not live  # uninstalled, yet still called by a patch stacked on ours
-                or _type_of(sock) != _STREAM
-                or _family_of(sock) not in _INET
+                or type_of(sock) != _STREAM
+                or family_of(sock) not in _INET
                 or admitted_above.get()
                 or type(address) is not tuple
                 or len(address) < 2
@@ -115,7 +145,7 @@ def _connect_factory(guard: Guard) -> Factory:
             started = monotonic()
             key = id(sock)
             if deadline is not None and (timeout is None or timeout > deadline):
-                if WATCHDOG_ABORTS:
+                if watched:
                     how = _WATCHED
                     ticket.sock = sock
                     ticket.expires = started + deadline
