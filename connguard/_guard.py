@@ -74,6 +74,15 @@ def _valid_endpoint(host: object, port: object) -> bool:
     )
 
 
+def _log_cleared(health: EndpointHealth, kind: str, elapsed: float | None) -> None:
+    log.warning(
+        "%s: closed, endpoint answers at once (%s in %.3f s); failing fast saves nothing",
+        health.label,
+        kind,
+        elapsed or 0.0,
+    )
+
+
 class Ticket:
     """Permission for one connect, with its deadline; report exactly one outcome."""
 
@@ -317,11 +326,7 @@ class Guard:
                 # Answered at once: failing fast would save nothing. Not counted, and
                 # an open circuit closes (its endpoint answers as fast as we could).
                 health.cheap_failures += 1
-                cleared = health.is_open
-                if cleared:
-                    health.is_open = False
-                    health.openings = 0
-                    health.failures = 0
+                cleared = self._clear(health)
                 opening = reopen = False
             else:
                 cleared = False
@@ -337,12 +342,7 @@ class Guard:
                     health.is_open = True
                     health.retry_at = now + wait
         if cleared:
-            log.warning(
-                "%s: closed, endpoint answers at once (%s in %.3f s); failing fast saves nothing",
-                health.label,
-                kind,
-                elapsed,
-            )
+            _log_cleared(health, kind, elapsed)
         elif opening:
             log.warning(
                 "%s: opened after %d consecutive costly failure(s), last %s; "
@@ -361,6 +361,31 @@ class Guard:
             )
         if (opening or reopen) and self.on_open is not None:
             self.on_open()
+
+    @staticmethod
+    def _clear(health: EndpointHealth) -> bool:
+        """Close ``health``'s circuit without a success (under the lock); True if it was open."""
+        was_open = health.is_open
+        if was_open:
+            health.is_open = False
+            health.openings = 0
+            health.failures = 0
+            health.trial_until = 0.0
+        return was_open
+
+    def answered_at_once(self, health: EndpointHealth, exc: BaseException, elapsed: float) -> bool:
+        """A recovery probe got ``exc`` after ``elapsed`` s: close the circuit if it was cheap."""
+        kind = classify_failure(exc)
+        if kind is None or kind == "timeout" or elapsed >= self.config.costly_failure:
+            return False
+        with self.table.lock:
+            health.last_error = f"{kind}: {type(exc).__name__}: {exc}"
+            health.last_kind = kind
+            health.last_errno = getattr(exc, "errno", None)
+            cleared = self._clear(health)
+        if cleared:
+            _log_cleared(health, kind, elapsed)
+        return True
 
     def _backoff(self, openings: int) -> float:
         """Exponential, +-20 % jitter so that many processes do not probe in step."""

@@ -134,12 +134,15 @@ class Agent:
             sock.settimeout(self.dead_connect)
             sock.connect(self.collector)
             return "connected"
-        except ConnectionRefusedError as exc:
-            # connguard's fast failure (no SYN sent) vs a real refusal.
-            return "fast" if type(exc).__name__ == "EndpointUnavailable" else "refused"
-        except TimeoutError:
-            return "timeout"
         except OSError as exc:
+            # connguard's fast failure (no SYN sent; of the kind the endpoint last
+            # gave) vs a real refusal or timeout. The agent knows no connguard.
+            if any(c.__name__ == "EndpointUnavailable" for c in type(exc).__mro__):
+                return "fast"
+            if isinstance(exc, ConnectionRefusedError):
+                return "refused"
+            if isinstance(exc, TimeoutError):
+                return "timeout"
             return "aborted" if self._stop.is_set() else type(exc).__name__
         finally:
             with self._lock:

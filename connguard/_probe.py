@@ -405,11 +405,15 @@ class Prober:
         started = time.monotonic()
         outcome: bool | None
         connect_time: float | None = None
+        answered: BaseException | None = None
         if check.kind == "none":
             outcome = True  # no check: trust the wait, one failure reopens (see _close)
         elif check.kind == "tcp":
-            outcome = self._tcp_probe(health, timeout)
+            result = self._tcp_probe(health, timeout)
             connect_time = time.monotonic() - started
+            if isinstance(result, BaseException):
+                answered, result = result, False
+            outcome = result
         else:
             try:
                 outcome = run_datagram_check(check, host, port, timeout)
@@ -417,6 +421,8 @@ class Prober:
                 guard.contain("pre-check", exc)
                 outcome = False
         elapsed = time.monotonic() - started
+        if answered is not None and guard.answered_at_once(health, answered, elapsed):
+            return  # refused at once: failing fast would save nothing, the circuit closed
         if outcome is None:
             self._retry_soon(health)
         elif outcome:
@@ -424,8 +430,12 @@ class Prober:
         else:
             self._reopen(health, f"probe ({check}): no answer in {elapsed:.3f} s")
 
-    def _tcp_probe(self, health: EndpointHealth, timeout: float) -> bool | None:
-        """A short probe connect, background in the lane; None when it could not run."""
+    def _tcp_probe(self, health: EndpointHealth, timeout: float) -> bool | OSError | None:
+        """A short probe connect, background in the lane; None when it could not run.
+
+        True: connected. False: timed out (or no address). The error itself when the
+        endpoint answered (refused, unreachable).
+        """
         guard = self.guard
         host, port = health.endpoint
         try:
@@ -460,12 +470,12 @@ class Prober:
                 left = connect_left_host(sock)
                 abort_connect(sock)
                 return False if left else None
-            except OSError:
+            except OSError as exc:
                 if slot is not None and slot.preempted:
                     return None
                 if not guard.watchdog.stop_yielding(yield_key):
                     return None  # gave way to a caller: no evidence either way
-                return False
+                return exc  # refused or unreachable: _probe weighs its cost
             finally:
                 holding.reset(token)
                 guard.watchdog.stop_yielding(yield_key)

@@ -16,6 +16,16 @@ def test_every_variable_is_documented() -> None:
     assert missing == []
 
 
+def test_configuration_reference_is_generated_from_the_settings() -> None:
+    """docs/configuration.md's table is what scripts/gen_config_docs.py renders now."""
+    import runpy
+
+    page = ROOT / "docs" / "configuration.md"
+    render = runpy.run_path(str(ROOT / "scripts" / "gen_config_docs.py"))["render"]
+    text = page.read_text()
+    assert render(text) == text, "stale: run python scripts/gen_config_docs.py"
+
+
 def test_readme_names_the_two_commands_and_ci_runs_the_test_one() -> None:
     """README gives the demo and test commands; .ci/run calls exactly the test command."""
     readme = (ROOT / "README.md").read_text()

@@ -165,7 +165,7 @@ def test_dead_endpoint_fails_at_the_deadline_then_fast(lab: Lab, host: str, port
     first, second = lab.run_client(_CONNECT_TWICE.format(host=host, port=port))["attempts"]
     assert first["error"] == "ConnectDeadlineExceeded"
     assert 1.5 <= first["seconds"] <= 4.0
-    assert second["error"] == "EndpointUnavailable"
+    assert second["error"] == "EndpointTimedOut"  # fails fast as the timeout it follows
     assert second["seconds"] < 0.2
 
 

@@ -52,7 +52,7 @@ def test_gevent_sockets_are_guarded_in_either_order(order: str) -> None:
     assert outcome == "ConnectDeadlineExceeded"
     assert took < 3.0  # 0.5 s deadline, not the OS's ~130 s
     assert found["ticks"] >= 10  # other greenlets ran while the dead connect waited
-    assert found["dead_again"][0] == "EndpointUnavailable"
+    assert found["dead_again"][0] == "EndpointTimedOut"
     assert found["connect_ex"] != 0
     assert found["status"][found["dead_endpoint"]] == "open"
     assert found["status"][found["live_endpoint"]] == "closed"
@@ -122,4 +122,4 @@ def test_gunicorn_gevent_worker_guards_outbound_connects(preload: bool) -> None:
     assert found["live"][0] == "ok"
     assert found["dead"][0] == "ConnectDeadlineExceeded"
     assert found["dead"][1] < 3.0
-    assert found["dead_again"][0] == "EndpointUnavailable"
+    assert found["dead_again"][0] == "EndpointTimedOut"
