@@ -74,6 +74,7 @@ def install(*, environ: Mapping[str, str] | None = None, **overrides: Any) -> bo
                 patcher.restore()
             _state.patchers = []
             raise
+        guard.watchdog.on_idle = verify_patches  # notices a displaced wrapper by itself
         guard.watchdog.start()
         _state.guard = guard
         log.info(

@@ -54,6 +54,9 @@ _REPORT_GRACE = 1.0
 # After this many empty polls (1 s) the thread sleeps until the next watch() wakes
 # it: an idle process is not woken 50 times a second, and a busy one pays no wake-up.
 _IDLE_AFTER = 50
+# While idle, the thread still wakes this often to run on_idle (the displacement check:
+# a replaced wrapper sends no connect through connguard that could wake us).
+_IDLE_TICK = 5.0
 # A connect still CLOSE this long after it started never reached the kernel's SYN:
 # something on the host holds it (a connect() reaches SYN_SENT within microseconds).
 _HELD_AFTER = 0.005
@@ -67,6 +70,8 @@ class Watchdog:
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
+        # Called from the thread while idle (never per connect); set by install().
+        self.on_idle: Callable[[], object] | None = None
         self.aborted = 0
         self.dropped = 0
         # id(socket) -> the connect's Ticket, whose .sock and .expires say what to watch
@@ -199,9 +204,17 @@ class Watchdog:
                 self._log_once("loop", exc)
 
     def _sleep_until_woken(self) -> None:
+        """Sleep until a watch() wakes us, ticking ``on_idle`` every ``_IDLE_TICK`` s."""
         self._idle = True
-        if not (self._inflight or self._yielding):  # a racing watch() is seen here
-            self._wake.wait()
+        while not (self._inflight or self._yielding):  # a racing watch() is seen here
+            if self._wake.wait(_IDLE_TICK) or self._stop.is_set():
+                break
+            tick = self.on_idle
+            if tick is not None:
+                try:
+                    tick()
+                except Exception as exc:
+                    self._log_once("idle tick", exc)
         self._idle = False
         self._wake.clear()
 

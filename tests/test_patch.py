@@ -143,6 +143,18 @@ def test_naive_restore_is_undone_at_the_next_check(caplog: pytest.LogCaptureFixt
     open_circuit(port)
 
 
+@pytest.mark.slow
+def test_naive_restore_is_undone_by_the_idle_tick_alone() -> None:
+    """With no status() call at all, the watchdog's idle tick puts the wrapper back."""
+    connguard.install(environ={})
+    guarded = vars(socket.socket)["connect"]
+    socket.socket.connect = _TRUE_CONNECT  # type: ignore[method-assign]
+    deadline = time.monotonic() + 20  # the tick runs every 5 s once idle (after ~1 s)
+    while vars(socket.socket).get("connect") is not guarded and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert vars(socket.socket).get("connect") is guarded
+
+
 def test_deleted_override_is_put_back() -> None:
     """``del socket.socket.connect`` (another tool's restore) is undone at status()."""
     connguard.install(environ={}, open_seconds=60)
