@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything connguard's tests, benchmarks and demo need on a fresh machine:
-# Debian packages (OpenLDAP's slapd, ldap-utils, nftables, iproute2) and a virtualenv
+# Debian packages (OpenLDAP's slapd, ldap-utils, redis-server, nftables, iproute2) and a virtualenv
 # in .venv with connguard and its extras installed in editable mode. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ] || need_apt+=(slapd)
 command -v ldapsearch >/dev/null 2>&1 || need_apt+=(ldap-utils)
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need_apt+=(redis-server)
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -19,6 +20,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     # Debian's package starts a system slapd; the tests run their own.
     if command -v systemctl >/dev/null 2>&1; then systemctl stop slapd >/dev/null 2>&1 || true; fi
     pkill -x slapd >/dev/null 2>&1 || true
+    # Debian's redis-server package may start a system redis too; the tests start their
+    # own. Stop it through its service or its pid file, never by name.
+    if [[ " ${need_apt[*]} " == *" redis-server "* ]]; then
+      if command -v systemctl >/dev/null 2>&1; then systemctl stop redis-server >/dev/null 2>&1 || true; fi
+      if command -v service >/dev/null 2>&1; then service redis-server stop >/dev/null 2>&1 || true; fi
+      pidfile=/run/redis/redis-server.pid
+      if [ -s "$pidfile" ]; then kill "$(cat "$pidfile")" >/dev/null 2>&1 || true; fi
+    fi
   else
     echo "bootstrap: not root, cannot install ${need_apt[*]}; tests needing them will skip" >&2
   fi
