@@ -336,3 +336,84 @@ def test_refuses_answers_like_admit_without_changing_anything() -> None:
     assert not guard.refuses(*ENDPOINT)
     assert admit(guard).trial
     assert guard.refuses(*ENDPOINT)  # the trial is in flight: others fail fast
+
+
+# -- cost-aware circuits and bounded outage extension (issue 10) ------------------------
+
+
+@pytest.mark.parametrize("dead_for", [45.0, 240.0, 3600.0])
+def test_recovery_checks_stay_bounded_however_long_the_endpoint_was_dead(
+    dead_for: float,
+) -> None:
+    """After any length of outage the next recovery check is at most 3 s away."""
+    clock = FakeClock()
+    guard = Guard(Config.from_env({}), clock=clock, rng=lambda: 1.0)  # worst jitter
+    admit(guard).failed(TimeoutError(errno.ETIMEDOUT, "timed out"))
+    started = clock.now
+    waits = []
+    while clock.now - started < dead_for:
+        retry_after = guard.status()[0]["retry_after"]
+        waits.append(retry_after)
+        clock.now += retry_after
+        ticket = admit(guard)  # the trial (no prober here): the endpoint is still dead
+        assert ticket.trial
+        ticket.failed(TimeoutError(errno.ETIMEDOUT, "timed out"))
+    assert max(waits) <= 3.0
+    clock.now += guard.status()[0]["retry_after"]
+    ticket = admit(guard)  # the endpoint is back: the next check finds it
+    ticket.succeeded(0.001)
+    assert state(guard) == "closed"
+
+
+def test_fast_refusals_never_open_a_circuit() -> None:
+    """Refusals that took no time are not counted, even for a never-connected endpoint."""
+    guard = Guard(Config.from_env({}), clock=FakeClock())
+    for _ in range(1000):
+        admit(guard).failed(refused(), elapsed=0.0001)
+    (record,) = guard.status()
+    assert record["state"] == "closed"
+    assert record["failures"] == 0
+    assert record["cheap_failures"] == 1000
+
+
+def test_slow_refusal_opens_and_fails_fast_as_a_refusal() -> None:
+    """A refusal that took Windows' ~2 s opens a never-connected endpoint, as a refusal."""
+    guard = Guard(Config.from_env({}), clock=FakeClock())
+    admit(guard).failed(refused(), elapsed=2.0)
+    with pytest.raises(EndpointUnavailable) as caught:
+        guard.admit(*ENDPOINT)
+    assert isinstance(caught.value, ConnectionRefusedError)
+    assert caught.value.errno == errno.ECONNREFUSED
+
+
+def test_timed_out_endpoint_fails_fast_as_a_timeout() -> None:
+    """After a timeout the fast failure is a TimeoutError with ETIMEDOUT."""
+    guard = Guard(Config.from_env({}), clock=FakeClock())
+    admit(guard).failed(TimeoutError(errno.ETIMEDOUT, "timed out"))
+    with pytest.raises(TimeoutError) as caught:
+        guard.admit(*ENDPOINT)
+    assert isinstance(caught.value, EndpointUnavailable)
+    assert caught.value.errno == errno.ETIMEDOUT
+
+
+def test_unreachable_endpoint_fails_fast_with_its_errno() -> None:
+    """A slow EHOSTUNREACH (ARP's ~3 s) fails fast with EHOSTUNREACH, not a refusal."""
+    guard = Guard(Config.from_env({}), clock=FakeClock())
+    admit(guard).failed(OSError(errno.EHOSTUNREACH, "No route to host"), elapsed=3.0)
+    with pytest.raises(EndpointUnavailable) as caught:
+        guard.admit(*ENDPOINT)
+    assert not isinstance(caught.value, ConnectionRefusedError | TimeoutError)
+    assert caught.value.errno == errno.EHOSTUNREACH
+
+
+def test_trial_answered_at_once_closes_the_circuit() -> None:
+    """An open circuit whose trial is refused at once closes: failing fast saves nothing."""
+    clock = FakeClock()
+    guard = Guard(Config.from_env({}), clock=clock)
+    admit(guard).failed(TimeoutError(errno.ETIMEDOUT, "timed out"))
+    clock.now += 10
+    trial = admit(guard)
+    assert trial.trial
+    trial.failed(refused(), elapsed=0.0002)
+    assert state(guard) == "closed"
+    assert guard.admit(*ENDPOINT) is not None
