@@ -669,4 +669,4 @@ def test_demo_goes_through_the_parser() -> None:
     assert "--child" not in result.stdout
     bad = run_cli("demo", "--seconds", "600")
     assert bad.returncode == 2
-    assert "between 3 and 50" in bad.stderr
+    assert "outside 3..50" in bad.stderr

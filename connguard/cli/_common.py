@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import json
 import socket
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from .._config import Precheck, parse_precheck
@@ -37,14 +38,40 @@ def precheck_arg(text: str) -> Precheck:
         ) from None
 
 
-def seconds_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0.05 <= value <= 600:
-        raise argparse.ArgumentTypeError(f"{text} s is outside 0.05..600")
-    return value
+def seconds_arg(low: float, high: float, why: str = "") -> Callable[[str], float]:
+    """An argparse type: a number of seconds within ``low..high`` (``why`` says why)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} s is outside {low:g}..{high:g}{why}")
+        return value
+
+    return parse
+
+
+def command_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    texts: tuple[str, str, str],
+    run: Callable[[argparse.Namespace], int],
+    usage: str | None = None,
+) -> argparse.ArgumentParser:
+    """A command's parser from its (help, description, epilog); ``args.run`` is ``run``."""
+    summary, description, epilog = texts
+    parser = sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=epilog,
+        usage=usage,
+        formatter_class=RAW,
+    )
+    parser.set_defaults(run=run)
+    return parser
 
 
 def ms(seconds: float | None) -> str:

@@ -23,7 +23,7 @@ from .._probe import echo_failure
 from ._common import (
     EXIT_FAIL,
     EXIT_OK,
-    RAW,
+    command_parser,
     endpoint_arg,
     error_text,
     ms,
@@ -33,7 +33,13 @@ from ._common import (
     seconds_arg,
 )
 
-_EPILOG = """\
+_VERDICTS = {"timeout": "no answer (timeout)", "refused": "refused", "unreachable": "unreachable"}
+
+
+_TEXTS = (
+    "is HOST:PORT reachable? connect time and verdict",
+    "Check whether HOST:PORT accepts a TCP connect, and how fast.",
+    """\
 Connects to each address HOST resolves to (at most 8) and reports the verdict:
 reachable, refused, no answer (timeout), unreachable. --precheck udp-echo or icmp
 also runs that pre-check (it sends no SYN) and reports it next to the connect.
@@ -41,19 +47,12 @@ icmp uses an unprivileged ICMP socket; Linux allows it only for groups inside
 net.ipv4.ping_group_range.
 
 exit codes: 0 reachable (at least one address), 1 not reachable, 2 usage error
-"""
-
-_VERDICTS = {"timeout": "no answer (timeout)", "refused": "refused", "unreachable": "unreachable"}
+""",
+)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "check",
-        help="is HOST:PORT reachable? connect time and verdict",
-        description="Check whether HOST:PORT accepts a TCP connect, and how fast.",
-        epilog=_EPILOG,
-        formatter_class=RAW,
-    )
+    parser = command_parser(sub, "check", _TEXTS, run)
     parser.add_argument("endpoint", type=endpoint_arg, metavar="HOST:PORT")
     parser.add_argument(
         "--precheck",
@@ -64,13 +63,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     parser.add_argument(
         "--timeout",
-        type=seconds_arg,
+        type=seconds_arg(0.05, 600),
         default=3.0,
         metavar="S",
         help="connect and pre-check timeout in seconds (default 3)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(run=run)
 
 
 @dataclass

@@ -11,28 +11,26 @@ from typing import Any
 import connguard
 
 from .._config import SETTINGS
-from ._common import EXIT_OK, EXIT_USAGE, RAW, print_json
-
-_EPILOG = """\
-Prints every setting with its CONNGUARD_* variable, its effective value and its
-source (default or environment), and validates them as connguard.install() would.
-
-exit codes: 0 valid, 2 invalid (the message names the variable and what it accepts)
-"""
+from ._common import EXIT_OK, EXIT_USAGE, command_parser, print_json
 
 _VARIABLES = {setting.field: setting.variable for setting in SETTINGS}
 
 
+_TEXTS = (
+    "print and validate the effective configuration",
+    "Show the configuration connguard.install() would use here.",
+    """\
+Prints every setting with its CONNGUARD_* variable, its effective value and its
+source (default or environment), and validates them as connguard.install() would.
+
+exit codes: 0 valid, 2 invalid (the message names the variable and what it accepts)
+""",
+)
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "config",
-        help="print and validate the effective configuration",
-        description="Show the configuration connguard.install() would use here.",
-        epilog=_EPILOG,
-        formatter_class=RAW,
-    )
+    parser = command_parser(sub, "config", _TEXTS, run)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(run=run)
 
 
 def _text(value: Any) -> str:

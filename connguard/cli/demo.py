@@ -6,33 +6,23 @@ import argparse
 import json
 import sys
 
-from ._common import EXIT_OK, EXIT_USAGE
+from ._common import EXIT_OK, EXIT_USAGE, command_parser, seconds_arg
 
-_DESCRIPTION = (
-    "The field incident on loopback: logins stalling behind a dead APM collector on a "
-    "host that serializes connects, before and after connguard."
+_TEXTS = (
+    "the field's scenario on loopback, before and after",
+    "The field incident on loopback: logins stalling behind a dead APM collector on a\n"
+    "host that serializes connects, before and after connguard.",
+    "exit codes: 0 connguard helped, 1 it did not (or a row failed), 2 usage error",
 )
 
 
-def _row_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 3.0 <= value <= 50.0:
-        raise argparse.ArgumentTypeError("must be between 3 and 50 (the demo stays under a minute)")
-    return value
-
-
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "demo",
-        help="the field's scenario on loopback, before and after",
-        description=_DESCRIPTION,
-        epilog="exit codes: 0 connguard helped, 1 it did not (or a row failed), 2 usage error",
-    )
+    parser = command_parser(sub, "demo", _TEXTS, run)
     parser.add_argument(
-        "--seconds", type=_row_seconds, default=24.0, help="length of each row, 3..50 (default 24)"
+        "--seconds",
+        type=seconds_arg(3, 50, " (the demo stays under a minute)"),
+        default=24.0,
+        help="length of each row, 3..50 (default 24)",
     )
     parser.add_argument(
         "--dead-connect",
@@ -48,7 +38,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     # One row of the demo, in the child process the demo starts for it.
     parser.add_argument("--child", metavar="SPEC", help=argparse.SUPPRESS)
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

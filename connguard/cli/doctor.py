@@ -20,7 +20,7 @@ from ._common import (
     EXIT_FAIL,
     EXIT_INCONCLUSIVE,
     EXIT_OK,
-    RAW,
+    command_parser,
     endpoint_arg,
     is_loopback,
     ms,
@@ -30,7 +30,17 @@ from ._common import (
 )
 from ._experiment import Experiment, Inconclusive, Progress, Round, Target
 
-_EPILOG = """\
+_TARGETS = (
+    ("dead", "an endpoint that drops SYNs (default: a loopback blackhole)"),
+    ("live", "an endpoint that accepts connects (default: a loopback listener)"),
+)
+
+
+_TEXTS = (
+    "does this host serialize connect attempts? (the two-connect experiment)",
+    "Measure whether a connect waits behind unanswered connects of the "
+    "same process, estimate the number of slots and recommend CONNGUARD_* settings.",
+    """\
 The experiment: start blocking connects to the dead target (SYNs that are never
 answered), then a connect to the live target, and see whether it waits behind
 them; with k = 1, 2, ... pending dead connects, the first k that makes it wait is
@@ -39,35 +49,18 @@ loopback listener. connguard is not installed while it measures.
 
 exit codes: 0 not serialized, 1 serialized, 2 usage error,
             3 inconclusive (the dead target answered or the live one did not)
-"""
-
-_TARGETS = (
-    ("dead", "an endpoint that drops SYNs (default: a loopback blackhole)"),
-    ("live", "an endpoint that accepts connects (default: a loopback listener)"),
+""",
 )
 
 
-def _hold_seconds(text: str) -> float:
-    value = seconds_arg(text)
-    if value < 0.3:  # the wait must stand out from a loopback connect and the 0.2 s settle
-        raise argparse.ArgumentTypeError(f"{text} s is below doctor's minimum of 0.3 s")
-    return value
-
-
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "doctor",
-        help="does this host serialize connect attempts? (the two-connect experiment)",
-        description="Measure whether a connect waits behind unanswered connects of the "
-        "same process, estimate the number of slots and recommend CONNGUARD_* settings.",
-        epilog=_EPILOG,
-        formatter_class=RAW,
-    )
+    parser = command_parser(sub, "doctor", _TEXTS, run)
     for role, text in _TARGETS:
         parser.add_argument(f"--{role}", type=endpoint_arg, metavar="HOST:PORT", help=text)
     parser.add_argument(
         "--timeout",
-        type=_hold_seconds,
+        # The wait must stand out from a loopback connect and the 0.2 s settle.
+        type=seconds_arg(0.3, 600),
         default=2.0,
         metavar="S",
         help="how long a live connect may wait behind the dead ones before the dead "
@@ -86,7 +79,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument(
         "--testing-serialized-slots", type=int, choices=range(17), default=0, help=argparse.SUPPRESS
     )
-    parser.set_defaults(run=run)
 
 
 def _target(value: Endpoint, role: str) -> Target:

@@ -11,11 +11,15 @@ from pathlib import Path
 
 import connguard
 
-from ._common import EXIT_OK, EXIT_USAGE, RAW
+from ._common import EXIT_OK, EXIT_USAGE, command_parser
 
 _BOOTSTRAP_DIR = Path(__file__).resolve().parent.parent / "_bootstrap"
 
-_EPILOG = """\
+
+_TEXTS = (
+    "run a Python program with connguard installed (no code change)",
+    "Run CMD with connguard installed in its Python processes.",
+    """\
 Runs CMD with connguard installed at interpreter start in every Python process it
 starts, without changing its code: a sitecustomize on PYTHONPATH installs it, after
 running the program's own sitecustomize. Configure it with CONNGUARD_* variables.
@@ -23,25 +27,18 @@ Python started with -I, -E or -S skips it.
 
 exit codes: CMD's own exit code; 2 invalid configuration, 126/127 CMD not runnable
 example: CONNGUARD_MAX_INFLIGHT_CONNECTS=1 connguard run -- python app.py
-"""
+""",
+)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "run",
-        help="run a Python program with connguard installed (no code change)",
-        description="Run CMD with connguard installed in its Python processes.",
-        usage="connguard run [-h] -- CMD [ARGS ...]",
-        epilog=_EPILOG,
-        formatter_class=RAW,
-    )
+    parser = command_parser(sub, "run", _TEXTS, run, usage="connguard run [-h] -- CMD [ARGS ...]")
     parser.add_argument(
         "command",
         nargs=argparse.REMAINDER,
         metavar="-- CMD [ARGS ...]",
         help="the command to run, after --",
     )
-    parser.set_defaults(run=run)
 
 
 def _child_environ(environ: Mapping[str, str]) -> dict[str, str]:

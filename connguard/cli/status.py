@@ -15,15 +15,7 @@ from typing import Any
 
 import connguard
 
-from ._common import EXIT_OK, EXIT_USAGE, RAW, ms, print_json
-
-_EPILOG = """\
-connguard keeps its state per process: without FILE this shows the current
-process's (usually empty). Feed it json.dumps(connguard.status()) from your
-application, e.g.: curl -s http://app/admin/connguard | connguard status -
-
-exit codes: 0 shown, 2 unreadable input
-"""
+from ._common import EXIT_OK, EXIT_USAGE, command_parser, ms, print_json
 
 _COLUMNS = (
     ("endpoint", "endpoint"),
@@ -42,19 +34,25 @@ _COLUMNS = (
 _DURATIONS = frozenset({"connect_budget", "srtt", "retry_after"})
 
 
+_TEXTS = (
+    "render connguard.status() records as a table",
+    "Render per-endpoint status records as a table.",
+    """\
+connguard keeps its state per process: without FILE this shows the current
+process's (usually empty). Feed it json.dumps(connguard.status()) from your
+application, e.g.: curl -s http://app/admin/connguard | connguard status -
+
+exit codes: 0 shown, 2 unreadable input
+""",
+)
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "status",
-        help="render connguard.status() records as a table",
-        description="Render per-endpoint status records as a table.",
-        epilog=_EPILOG,
-        formatter_class=RAW,
-    )
+    parser = command_parser(sub, "status", _TEXTS, run)
     parser.add_argument(
         "file", nargs="?", metavar="FILE", help="JSON list of status records ('-' for stdin)"
     )
     parser.add_argument("--json", action="store_true", help="print the records as JSON")
-    parser.set_defaults(run=run)
 
 
 def _cell(key: str, value: Any) -> str:

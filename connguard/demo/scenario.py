@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from typing import Any
 
 from .._config import Precheck
@@ -71,6 +71,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
+@dataclass(eq=False)  # a running agent is equal only to itself
 class Agent:
     """An APM-style agent: reconnects to its collector every ``interval`` seconds.
 
@@ -80,24 +81,17 @@ class Agent:
     nothing answers: the fix the field's vendor shipped.
     """
 
-    def __init__(
-        self,
-        collector: tuple[str, int],
-        *,
-        dead_connect: float,
-        interval: float = 1.0,
-        udp_check: tuple[str, int] | None = None,
-        udp_timeout: float = 0.5,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.collector = collector
-        self.dead_connect = dead_connect
-        self.interval = interval
-        self.udp_check = udp_check
-        self.udp_timeout = udp_timeout
-        self.clock = clock
-        self.origin = clock()
-        self.attempts: list[Attempt] = []
+    collector: tuple[str, int]
+    _: KW_ONLY
+    dead_connect: float
+    interval: float = 1.0
+    udp_check: tuple[str, int] | None = None
+    udp_timeout: float = 0.5
+    clock: Callable[[], float] = time.monotonic
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.origin = self.clock()
         self._stop = threading.Event()
         self._no_more = threading.Event()
         self._lock = threading.Lock()
