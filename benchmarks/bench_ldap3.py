@@ -26,17 +26,15 @@ import os
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 with warnings.catch_warnings():  # pyasn1 deprecations raised while ldap3 imports
     warnings.simplefilter("ignore", DeprecationWarning)
     import ldap3
 
 from _interleave import interleaved
-from slapd import SlapdServer, running_slapd
+
+from connguard.demo.slapd import SlapdServer, running_slapd
 
 TARGET = 1.03
 BINDS = 40  # per block

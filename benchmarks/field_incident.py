@@ -33,11 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # tests/slapd.py: the throw-away slapd
-
-from connguard import Config  # noqa: E402
-from connguard._incident import (  # noqa: E402
+from connguard import Config
+from connguard.demo.login import ldap_login
+from connguard.demo.scenario import (
     Agent,
     Load,
     attempts_as_json,
@@ -47,6 +45,7 @@ from connguard._incident import (  # noqa: E402
     summarize_logins,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks"
 CONNECT_DEADLINE = Config().connect_timeout  # the default CONNGUARD_CONNECT_TIMEOUT
 OPEN_SECONDS = Config().open_seconds  # the default CONNGUARD_OPEN_SECONDS
@@ -90,27 +89,10 @@ ROWS_BY_KEY = {row.key: row for row in ROWS}
 # --------------------------------------------------------------------------- #
 
 
-def _ldap_login(url: str, user: str, password: str) -> None:
-    import ldap3
-
-    # A new Server and Connection per login, default connect timeout (none):
-    # what the field's AD login did.
-    conn = ldap3.Connection(
-        ldap3.Server(url, get_info=ldap3.NONE), user=user, password=password, receive_timeout=30
-    )
-    try:
-        if not conn.bind():
-            raise RuntimeError(f"bind refused: {conn.result.get('description')}")
-    finally:
-        with contextlib.suppress(Exception):
-            conn.unbind()
-
-
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
     import connguard
-    from connguard._api import current_guard
     from connguard.testing import serialized_host
 
     row = ROWS_BY_KEY[args.child]
@@ -118,7 +100,8 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     echo = _hostport(args.echo) if args.echo else None
 
     def login() -> None:
-        _ldap_login(args.ldap_url, args.user, args.password)
+        # A new Server and Connection per login, no connect timeout: the field's AD login.
+        ldap_login(args.ldap_url, args.user, args.password)
 
     # Warm up imports and code paths, outside the emulator and before install():
     # the guarded run still makes first contact with both servers itself.
@@ -126,12 +109,9 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     with httpx.Client() as warm:
         warm.get(args.http_url).raise_for_status()
 
-    gate = None
     with serialized_host(1) as host:
         if row.guard is not None:
             connguard.install()  # configured by the CONNGUARD_* variables the parent set
-            guard = current_guard()
-            gate = None if guard is None else guard.gate
         try:
             with httpx.Client(timeout=httpx.Timeout(60.0)) as client:
 
@@ -160,10 +140,13 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
                 calls.join()
                 duration = time.monotonic() - origin
             status = connguard.status()
+            # The lane counts as landed only if it really handed out slots in this build.
+            lane_record = connguard.lane_status()
+            lane = (
+                None if not lane_record or not lane_record["slots"] else lane_record["granted"] > 0
+            )
         finally:
             connguard.uninstall()
-    # The lane counts as landed only if it really handed out slots in this build.
-    lane = None if gate is None else getattr(gate, "granted", 0) > 0
     return {
         "row": row.key,
         "title": row.title,
@@ -215,8 +198,7 @@ def _child_env(row: Row, collector: str) -> dict[str, str]:
 
 
 def run_rows(args: argparse.Namespace, keys: list[str]) -> list[dict[str, Any]]:
-    from slapd import running_slapd
-
+    from connguard.demo.slapd import running_slapd
     from connguard.testing import blackhole, http_server, udp_echo_server
 
     results = []

@@ -525,3 +525,66 @@ class Prober:
 
     def status(self) -> dict[str, Any]:
         return {"running": self.running, "probes": self.probes, "recoveries": self.recoveries}
+
+
+# -- why a no-SYN check failed, for `connguard check` -------------------------------------
+
+
+def echo_failure(check: Precheck, host: str, timeout: float) -> OSError | None:
+    """Run a ``udp-echo`` or ``icmp`` check once: None when answered, else why not.
+
+    Silence is a ``TimeoutError``, an ICMP port unreachable a ``ConnectionRefusedError``,
+    an ICMP socket this user may not open a ``PermissionError``; the error is returned,
+    not raised. Datagrams are resent as in the prober's own checks.
+    """
+    token = os.urandom(16)
+    try:
+        if check.kind == "udp-echo":
+            family, address = _address(host, check.port or 7, socket.SOCK_DGRAM)
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            request, reply = (lambda seq: token), (lambda data: data == token)
+        elif check.kind == "icmp":
+            family, address = _address(host, 0, socket.SOCK_DGRAM)
+            sock = _icmp_socket(family)
+            request, reply = _icmp_exchange(family == socket.AF_INET6, token)
+        else:
+            raise ValueError(f"{check} sends no datagram")
+        with sock:
+            sock.connect(address)
+            return _await_echo(sock, request, reply, timeout)
+    except OSError as exc:
+        return exc
+
+
+def _icmp_exchange(
+    v6: bool, token: bytes
+) -> tuple[Callable[[int], bytes], Callable[[bytes], bool]]:
+    kind, answer = (
+        (_ICMP6_ECHO_REQUEST, _ICMP6_ECHO_REPLY) if v6 else (_ICMP_ECHO_REQUEST, _ICMP_ECHO_REPLY)
+    )
+
+    def request(seq: int) -> bytes:
+        # The kernel fills in the identifier (and the checksum for ICMPv6).
+        checksum = 0 if v6 else _checksum(struct.pack("!BBHHH", kind, 0, 0, 0, seq) + token)
+        return struct.pack("!BBHHH", kind, 0, checksum, 0, seq) + token
+
+    return request, lambda data: len(data) >= 8 and data[0] == answer and data[8:] == token
+
+
+def _await_echo(
+    sock: socket.socket,
+    request: Callable[[int], bytes],
+    reply: Callable[[bytes], bool],
+    timeout: float,
+) -> OSError | None:
+    """Send up to three requests, each waiting its share of ``timeout``; OSErrors propagate."""
+    end = time.monotonic() + timeout
+    for seq in range(1, _DATAGRAM_TRIES + 1):
+        sock.send(request(seq))
+        share = end if seq == _DATAGRAM_TRIES else time.monotonic() + timeout / _DATAGRAM_TRIES
+        with contextlib.suppress(TimeoutError):
+            while time.monotonic() < min(share, end):
+                sock.settimeout(max(0.001, min(share, end) - time.monotonic()))
+                if reply(sock.recv(2048)):
+                    return None
+    return TimeoutError(errno.ETIMEDOUT, f"no echo in {timeout:g} s")

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import wrapt
+from _helpers import free_port
 
 import connguard
 from connguard import ConnectDeadlineExceeded, EndpointUnavailable
@@ -44,13 +45,6 @@ def _install(**overrides: Any) -> None:
 def _status(endpoint: str) -> dict[str, Any]:
     (record,) = [r for r in connguard.status() if r["endpoint"] == endpoint]
     return record
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -151,7 +145,7 @@ def test_callers_shorter_timeout_wins_and_is_no_evidence() -> None:
 def test_refused_endpoint_opens_and_recovers_through_a_trial() -> None:
     """After a refusal opens the circuit, the recovery trial connects (no double admission)."""
     _install(open_seconds=0.2, max_open_seconds=0.2)
-    port = _free_port()
+    port = free_port()
     exc, _ = asyncio.run(_fails("127.0.0.1", port))
     assert isinstance(exc, ConnectionRefusedError)
     assert not isinstance(exc, EndpointUnavailable)
@@ -181,7 +175,7 @@ def test_dead_first_address_skipped_at_once() -> None:
 def test_observe_mode_changes_nothing() -> None:
     """In observe mode an open endpoint is still connected to (the refusal is the OS's)."""
     _install(mode="observe")
-    port = _free_port()
+    port = free_port()
     for _ in range(3):
         exc, _ = asyncio.run(_fails("127.0.0.1", port))
         assert type(exc) is ConnectionRefusedError
@@ -194,7 +188,7 @@ def test_uninstall_restores_sock_connect() -> None:
     _install()
     patched = vars(asyncio.selector_events.BaseSelectorEventLoop)["sock_connect"]
     assert isinstance(patched, wrapt.FunctionWrapper)
-    port = _free_port()
+    port = free_port()
     asyncio.run(_fails("127.0.0.1", port))
     connguard.uninstall()
     assert vars(asyncio.selector_events.BaseSelectorEventLoop)["sock_connect"] is original

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from connguard._config import SETTINGS
 
@@ -41,4 +46,29 @@ def test_docs_navigation_points_at_existing_pages() -> None:
         line.split(": ")[-1].strip() for line in nav.splitlines() if line.strip().endswith(".md")
     ]
     missing = [p for p in pages if not (ROOT / "docs" / p).exists()]
+    assert missing == []
+
+
+def test_api_reference_covers_every_public_name(tmp_path: Path) -> None:
+    """The generated API page has an entry for each name in the public modules' __all__."""
+    pytest.importorskip("mkdocstrings")
+    import connguard
+    import connguard.httpx
+    import connguard.testing
+
+    site = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    page = (site / "api" / "index.html").read_text()
+    modules = (connguard, connguard.httpx, connguard.testing)
+    names = [f"{m.__name__}.{name}" for m in modules for name in m.__all__]
+    missing = [name for name in names if f'id="{name}"' not in page]
     assert missing == []

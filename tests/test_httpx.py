@@ -19,6 +19,7 @@ import httpx
 import pytest
 import uvicorn
 import wrapt
+from _helpers import free_port
 
 import connguard
 from connguard import Config, ConnectDeadlineExceeded, EndpointUnavailable
@@ -106,13 +107,6 @@ def _install(**overrides: Any) -> None:
 def _status(endpoint: str) -> dict[str, Any]:
     (record,) = [r for r in connguard.status() if r["endpoint"] == endpoint]
     return record
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -234,7 +228,7 @@ def test_with_a_proxy_the_proxy_endpoint_is_guarded() -> None:
 def test_recovery_trial_goes_through_both_levels(host: str) -> None:
     """After a refusal opens the circuit, one trial reconnects: no double admission."""
     _install(open_seconds=0.2, max_open_seconds=0.2)
-    port = _free_port()
+    port = free_port()
     url = f"http://{host}:{port}/"
     with httpx.Client() as client:
         exc, _ = _get_error(client, url)
@@ -470,7 +464,7 @@ def test_guarded_transport_forwards_transport_options() -> None:
 def test_guarded_transport_uses_the_installed_guard_without_double_admission(live: str) -> None:
     """Under install() the transport shares the installed circuits and a recovery trial passes."""
     _install(open_seconds=0.2, max_open_seconds=0.2)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
     with httpx.Client(transport=GuardedTransport()) as client:
         _get_error(client, url)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from _helpers import wait_for
 
 import connguard
 from connguard import LaneTimeout
@@ -50,13 +51,6 @@ def _connect(address: tuple[str, int], timeout: float | None = None) -> float:
         sock.settimeout(timeout)
         sock.connect(address)
     return time.monotonic() - started
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "condition not met in time"
-        time.sleep(0.002)
 
 
 @contextlib.contextmanager
@@ -188,7 +182,7 @@ def test_lane_timeout_is_not_an_endpoint_failure() -> None:
         connguard.install(environ={}, max_inflight_connects=1, connect_timeout=DEAD)
         _connect(live.address)
         holder, _ = _run_in_thread(lambda: _connect(dead.address))
-        _wait_for(lambda: _lane()["in_use"] == 1)
+        wait_for(lambda: _lane()["in_use"] == 1)
         started = time.monotonic()
         with pytest.raises(LaneTimeout) as caught:
             _connect(live.address, timeout=0.4)
@@ -211,7 +205,7 @@ def test_time_queued_is_not_connect_time() -> None:
             min_connect_timeout=0.3,
         )
         holder, _ = _run_in_thread(lambda: _connect(dead.address))
-        _wait_for(lambda: _lane()["in_use"] == 1)
+        wait_for(lambda: _lane()["in_use"] == 1)
         waited = _connect(live.address)
         holder.join(5)
         assert waited > 0.3
@@ -230,7 +224,7 @@ def test_connect_ex_reports_lane_outcomes_as_errno() -> None:
             assert sock.connect_ex(live.address) == 0
         _connect(live.address)
         holder, _ = _run_in_thread(lambda: _connect(dead.address))
-        _wait_for(lambda: _lane()["in_use"] == 1)
+        wait_for(lambda: _lane()["in_use"] == 1)
         with socket.socket() as sock:
             sock.settimeout(0.3)
             assert sock.connect_ex(live.address) == errno.ETIMEDOUT
@@ -259,7 +253,7 @@ def test_lane_serves_foreground_first_then_fifo() -> None:
         thread.start()
         threads.append(thread)
         queued = len(threads)
-        _wait_for(lambda q=queued: _queued(lane) == q)  # type: ignore[misc]
+        wait_for(lambda q=queued: _queued(lane) == q)  # type: ignore[misc]
     lane.release(holder)
     for thread in threads:
         thread.join(5)
@@ -290,7 +284,7 @@ def test_asyncio_tasks_share_the_lane_with_threads_without_blocking_the_loop() -
             min_connect_timeout=0.3,
         )
         holder, _ = _run_in_thread(lambda: _connect(dead.address))
-        _wait_for(lambda: _lane()["in_use"] == 1)
+        wait_for(lambda: _lane()["in_use"] == 1)
 
         async def main() -> tuple[float, int]:
             ticks = 0
@@ -327,7 +321,7 @@ def test_asyncio_foreground_preempts_a_background_thread_connect() -> None:
             connect_timeout=DEAD,
         )
         holder, _ = _run_in_thread(lambda: _connect(dead.address))
-        _wait_for(lambda: _lane()["in_use"] == 1)
+        wait_for(lambda: _lane()["in_use"] == 1)
 
         async def main() -> float:
             started = time.monotonic()
@@ -359,7 +353,7 @@ def test_background_asyncio_connect_is_preempted_by_a_thread() -> None:
             return None
 
         loop_thread, out = _run_in_thread(lambda: asyncio.run(collector()))
-        _wait_for(lambda: _lane()["in_use"] == 1)
+        wait_for(lambda: _lane()["in_use"] == 1)
         time.sleep(0.1)
         assert _connect(live.address) < 0.3
         loop_thread.join(5)

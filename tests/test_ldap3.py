@@ -14,18 +14,14 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 import wrapt
 
 import connguard
+from connguard.demo.slapd import SlapdServer, running_slapd
 from connguard.testing import blackhole
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from slapd import SlapdServer, running_slapd
 
 ldap3 = pytest.importorskip("ldap3")
 from ldap3.core.exceptions import (  # noqa: E402

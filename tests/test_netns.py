@@ -187,7 +187,7 @@ _FIELD = """
 import json, socket, time
 import connguard
 from connguard._api import current_guard
-from connguard._incident import Agent, Load
+from connguard.demo.scenario import Agent, Load
 from connguard.testing import serialized_host
 
 LIVE = ("{server}", {live})

@@ -10,9 +10,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
+from _helpers import free_port, wait_for
 
 import connguard
 from connguard import _api
@@ -21,21 +22,6 @@ from connguard.testing import blackhole, tcp_server, udp_echo_server
 
 # These tests use refused loopback ports as dead endpoints (see conftest).
 pytestmark = pytest.mark.usefixtures("every_failure_counts")
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "condition not met in time"
-        time.sleep(0.005)
-
-
-def _free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    """A loopback port with nothing bound to it (a TCP connect there is refused)."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _record(host: str, port: int) -> dict[str, object]:
@@ -89,7 +75,7 @@ def test_udp_echo_succeeds_when_a_responder_answers() -> None:
 def test_udp_echo_fails_fast_without_a_responder() -> None:
     """udp-echo to a port with no responder is False (ICMP port unreachable), quickly."""
     started = time.monotonic()
-    assert udp_echo("127.0.0.1", _free_port(socket.SOCK_DGRAM), 1.0) is False
+    assert udp_echo("127.0.0.1", free_port(socket.SOCK_DGRAM), 1.0) is False
     assert time.monotonic() - started < 0.5
 
 
@@ -156,7 +142,7 @@ def test_udp_echo_first_contact_without_responder_sends_no_syn() -> None:
     with tcp_server() as endpoint:
         connguard.install(
             environ={
-                "CONNGUARD_PRECHECK": f"udp-echo:{_free_port(socket.SOCK_DGRAM)}",
+                "CONNGUARD_PRECHECK": f"udp-echo:{free_port(socket.SOCK_DGRAM)}",
                 "CONNGUARD_PRECHECK_FIRST_CONTACT": "1",
             },
             open_seconds=0.2,
@@ -177,7 +163,7 @@ def test_udp_echo_first_contact_without_responder_sends_no_syn() -> None:
 
 def test_first_contact_to_a_blackhole_leaves_no_syn_sent_socket() -> None:
     """Against a blackhole, a failed pre-check means no socket ever sits in SYN_SENT."""
-    udp = _free_port(socket.SOCK_DGRAM)
+    udp = free_port(socket.SOCK_DGRAM)
     with blackhole() as dead:
         connguard.install(
             environ={"CONNGUARD_OVERRIDES": f"127.0.0.1:{dead.port} precheck=udp-echo:{udp}"},
@@ -199,7 +185,7 @@ def test_udp_echo_first_contact_with_responder_connects() -> None:
         with socket.create_connection(endpoint.address, timeout=2):
             pass
         assert echo.received >= 1
-        _wait_for(lambda: endpoint.accepted == 1)
+        wait_for(lambda: endpoint.accepted == 1)
 
 
 def test_callable_precheck_from_install() -> None:
@@ -224,7 +210,7 @@ def test_callable_precheck_from_install() -> None:
 
 def test_prober_closes_the_circuit_when_the_endpoint_comes_back() -> None:
     """After the endpoint returns, the prober closes the circuit; callers never see a failure."""
-    port = _free_port()
+    port = free_port()
     connguard.install(environ={}, open_seconds=0.2, max_open_seconds=0.4)
     with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
         sock.connect(("127.0.0.1", port))
@@ -236,11 +222,11 @@ def test_prober_closes_the_circuit_when_the_endpoint_comes_back() -> None:
     assert thread is not None
     assert thread.is_alive()
     with _listener_on(port) as accepted:
-        _wait_for(lambda: _record("127.0.0.1", port)["state"] == "closed")
+        wait_for(lambda: _record("127.0.0.1", port)["state"] == "closed")
         probes = accepted[0]
         with socket.create_connection(("127.0.0.1", port), timeout=2):
             pass
-        _wait_for(lambda: accepted[0] == probes + 1)
+        wait_for(lambda: accepted[0] == probes + 1)
     assert probes >= 1  # the tcp probe connect itself
     status = connguard.lane_status()
     assert status is not None
@@ -249,7 +235,7 @@ def test_prober_closes_the_circuit_when_the_endpoint_comes_back() -> None:
 
 def test_callers_fail_fast_instead_of_trialling_while_the_prober_runs() -> None:
     """Past the wait, a caller still fails fast: the recovery check is the prober's job."""
-    port = _free_port()
+    port = free_port()
     connguard.install(environ={}, precheck="none", open_seconds=30, max_open_seconds=60)
     guard = _api.current_guard()
     assert guard is not None
@@ -261,7 +247,7 @@ def test_callers_fail_fast_instead_of_trialling_while_the_prober_runs() -> None:
     connguard.uninstall()
     with udp_echo_server() as echo:
         connguard.install(
-            environ={}, precheck=f"udp-echo:{_free_port(socket.SOCK_DGRAM)}", open_seconds=0.2
+            environ={}, precheck=f"udp-echo:{free_port(socket.SOCK_DGRAM)}", open_seconds=0.2
         )
         with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
             sock.connect(("127.0.0.1", port))
@@ -273,7 +259,7 @@ def test_callers_fail_fast_instead_of_trialling_while_the_prober_runs() -> None:
 
 def test_prober_with_udp_echo_closes_when_the_responder_returns() -> None:
     """The prober's udp-echo checks close the circuit once the responder answers."""
-    udp_port = _free_port(socket.SOCK_DGRAM)
+    udp_port = free_port(socket.SOCK_DGRAM)
     with tcp_server() as endpoint:
         connguard.install(
             environ={},
@@ -285,18 +271,18 @@ def test_prober_with_udp_echo_closes_when_the_responder_returns() -> None:
         with socket.socket() as sock, pytest.raises(connguard.EndpointUnavailable):
             sock.connect(endpoint.address)
         with udp_echo_server(port=udp_port):
-            _wait_for(lambda: _record(*endpoint.address)["state"] == "closed")
+            wait_for(lambda: _record(*endpoint.address)["state"] == "closed")
         assert endpoint.accepted == 0  # recovery was checked without a SYN
         with socket.create_connection(endpoint.address, timeout=2):
             pass
-        _wait_for(lambda: endpoint.accepted == 1)
+        wait_for(lambda: endpoint.accepted == 1)
 
 
 def test_uninstall_stops_the_prober() -> None:
     """uninstall() stops the prober thread and gives recovery back to callers."""
     connguard.install(environ={}, open_seconds=0.2)
     with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
-        sock.connect(("127.0.0.1", _free_port()))
+        sock.connect(("127.0.0.1", free_port()))
     thread = _prober_thread()
     assert thread is not None
     guard = _api.current_guard()
@@ -311,7 +297,7 @@ def test_prober_restarts_after_fork() -> None:
     """A forked child with an open circuit gets its own prober thread."""
     connguard.install(environ={}, open_seconds=0.2)
     with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
-        sock.connect(("127.0.0.1", _free_port()))
+        sock.connect(("127.0.0.1", free_port()))
     assert _prober_thread() is not None
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit code

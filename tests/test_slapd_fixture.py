@@ -5,14 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from slapd import running_slapd
+from connguard.demo.slapd import running_slapd
 
 ldap3 = pytest.importorskip("ldap3")
 

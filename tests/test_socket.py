@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import wrapt
+from _helpers import free_port
 
 import connguard
 from connguard import ConnectDeadlineExceeded, EndpointUnavailable
@@ -38,11 +39,6 @@ def listener(host: str = "127.0.0.1", port: int = 0) -> Iterator[socket.socket]:
     sock.listen(64)
     with closing(sock):
         yield sock
-
-
-def free_port() -> int:
-    with listener() as sock:
-        return int(sock.getsockname()[1])
 
 
 def connect(address: tuple[str, int], timeout: float | None = None) -> None:

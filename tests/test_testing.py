@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import wrapt
+from _helpers import wait_for
 
 import connguard
 from connguard.testing import (
@@ -41,14 +42,6 @@ def _has_ipv6() -> bool:
     return True
 
 
-def _wait_for(predicate: object, timeout: float = 2.0) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.001)
-
-
 def _hold_slot(address: tuple[str, int], seconds: float) -> threading.Thread:
     """Start a thread whose blocking connect to a blackhole times out after `seconds`."""
 
@@ -68,7 +61,7 @@ def held_slot() -> Iterator[tuple[SerializedHost, threading.Thread]]:
     """A one-slot host whose slot a thread holds for HOLD seconds via a blackhole."""
     with serialized_host(slots=1) as host, blackhole() as dead:
         thread = _hold_slot(dead.address, HOLD)
-        _wait_for(lambda: host.in_flight() == 1)
+        wait_for(lambda: host.in_flight() == 1)
         yield host, thread
         thread.join(HOLD + 5)
 
@@ -205,7 +198,7 @@ def test_two_slots_admit_two_dead_connects() -> None:
     """With two slots, two blackhole connects are admitted at once and a third connect waits."""
     with serialized_host(slots=2) as host, blackhole() as dead, tcp_server() as live:
         threads = [_hold_slot(dead.address, HOLD) for _ in range(2)]
-        _wait_for(lambda: host.in_flight() == 2)
+        wait_for(lambda: host.in_flight() == 2)
         assert host.waits == 0
         with socket.socket() as client:
             client.settimeout(5.0)
@@ -327,7 +320,7 @@ def test_tcp_server_echo_mode_and_accept_count() -> None:
         with socket.create_connection(server.address, timeout=2.0) as client:
             client.sendall(b"hello")
             assert client.recv(100) == b"hello"
-        _wait_for(lambda: server.accepted == 1)
+        wait_for(lambda: server.accepted == 1)
 
 
 def test_nests_beneath_connguard_install() -> None:

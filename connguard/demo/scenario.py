@@ -1,4 +1,4 @@
-"""The field incident as a runnable scenario, shared by ``connguard demo`` and the benchmark.
+"""The field incident as a runnable scenario: for ``connguard demo``, benchmarks and tests.
 
 One process on an emulated one-slot host (``connguard.testing.serialized_host``),
 an in-process monitoring *agent* that reconnects every second to a dead
@@ -16,8 +16,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from typing import Any
+
+from .._config import Precheck
+from .._probe import run_datagram_check
 
 __all__ = [
     "STALL_SECONDS",
@@ -25,8 +28,10 @@ __all__ = [
     "Attempt",
     "Load",
     "Sample",
-    "echo_answers",
+    "attempts_as_json",
+    "background_thread",
     "percentile",
+    "samples_as_json",
     "stall_episodes",
     "summarize_logins",
 ]
@@ -66,18 +71,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def echo_answers(address: tuple[str, int], timeout: float) -> bool:
-    """The field's own fix: does the collector answer a UDP echo? No SYN is sent."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(address)
-            sock.send(b"connguard-echo")
-            return sock.recv(64) == b"connguard-echo"
-        except OSError:  # timeout, or ICMP port unreachable
-            return False
-
-
+@dataclass(eq=False)  # a running agent is equal only to itself
 class Agent:
     """An APM-style agent: reconnects to its collector every ``interval`` seconds.
 
@@ -87,24 +81,17 @@ class Agent:
     nothing answers: the fix the field's vendor shipped.
     """
 
-    def __init__(
-        self,
-        collector: tuple[str, int],
-        *,
-        dead_connect: float,
-        interval: float = 1.0,
-        udp_check: tuple[str, int] | None = None,
-        udp_timeout: float = 0.5,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.collector = collector
-        self.dead_connect = dead_connect
-        self.interval = interval
-        self.udp_check = udp_check
-        self.udp_timeout = udp_timeout
-        self.clock = clock
-        self.origin = clock()
-        self.attempts: list[Attempt] = []
+    collector: tuple[str, int]
+    _: KW_ONLY
+    dead_connect: float
+    interval: float = 1.0
+    udp_check: tuple[str, int] | None = None
+    udp_timeout: float = 0.5
+    clock: Callable[[], float] = time.monotonic
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.origin = self.clock()
         self._stop = threading.Event()
         self._no_more = threading.Event()
         self._lock = threading.Lock()
@@ -119,12 +106,17 @@ class Agent:
         # Bounded: at most one attempt per interval until stopped.
         while not self._no_more.is_set():
             start = self.clock()
-            if self.udp_check is not None and not echo_answers(self.udp_check, self.udp_timeout):
+            if self.udp_check is not None and not self._echo_answers(self.udp_check):
                 self._record(start, "skipped")
             else:
                 self._record(start, self._connect_once())
             if self._no_more.wait(self.interval):
                 break
+
+    def _echo_answers(self, address: tuple[str, int]) -> bool:
+        """The field's own fix: does the collector answer a UDP echo? No SYN is sent."""
+        host, port = address
+        return run_datagram_check(Precheck("udp-echo", port), host, port, self.udp_timeout)
 
     def _connect_once(self) -> str:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -273,12 +265,14 @@ def summarize_logins(samples: Sequence[Sample]) -> dict[str, Any]:
 
 
 def samples_as_json(samples: Sequence[Sample]) -> list[dict[str, Any]]:
+    """Samples in due order, as JSON-ready dicts."""
     return [
         {**asdict(s), "latency": round(s.latency, 6)} for s in sorted(samples, key=lambda s: s.at)
     ]
 
 
 def attempts_as_json(attempts: Sequence[Attempt]) -> list[dict[str, Any]]:
+    """Agent attempts as JSON-ready dicts (times rounded to ms)."""
     return [
         {"start": round(a.start, 3), "end": round(a.end, 3), "outcome": a.outcome} for a in attempts
     ]

@@ -115,14 +115,16 @@ class SlapdServer:
     same port and data (for recovery tests).
     """
 
+    # Every instance holds the same tree (see _LDIF).
+    admin_dn = ADMIN_DN
+    admin_password = ADMIN_PASSWORD
+    user_dn = USER_DN
+    user_password = USER_PASSWORD
+    suffix = SUFFIX
+
     def __init__(self, workdir: Path, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self.port = port
-        self.admin_dn = ADMIN_DN
-        self.admin_password = ADMIN_PASSWORD
-        self.user_dn = USER_DN
-        self.user_password = USER_PASSWORD
-        self.suffix = SUFFIX
         self._workdir = workdir
         self._slapd = _find_binary("slapd")
         self._proc: subprocess.Popen[bytes] | None = None
