@@ -403,6 +403,26 @@ def test_check_rejects_bad_arguments() -> None:
 # --------------------------------------------------------------------------- #
 
 
+def test_config_shows_a_followed_value_as_derived() -> None:
+    """CONNGUARD_CONNECT_TIMEOUT=0.5 alone is valid; the floor follows it and says so."""
+    result = run_cli("config", "--json", env={"CONNGUARD_CONNECT_TIMEOUT": "0.5"})
+    assert result.returncode == 0, result.stderr
+    by_variable = {s["variable"]: s for s in json.loads(result.stdout)["settings"]}
+    assert by_variable["CONNGUARD_MIN_CONNECT_TIMEOUT"]["value"] == 0.5
+    assert by_variable["CONNGUARD_MIN_CONNECT_TIMEOUT"]["source"] == "derived"
+
+
+def test_config_names_both_contradicting_variables() -> None:
+    """Two given values that contradict each other exit 2 naming both variables."""
+    result = run_cli(
+        "config",
+        env={"CONNGUARD_CONNECT_TIMEOUT": "1", "CONNGUARD_MIN_CONNECT_TIMEOUT": "2"},
+    )
+    assert result.returncode == 2
+    assert "CONNGUARD_CONNECT_TIMEOUT" in result.stderr
+    assert "CONNGUARD_MIN_CONNECT_TIMEOUT" in result.stderr
+
+
 def test_config_shows_values_and_sources() -> None:
     """Set variables show as "environment" with their value, the rest as "default"."""
     result = run_cli(
