@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -125,16 +125,16 @@ def _cohere(given: dict[str, Any], names: dict[str, str]) -> tuple[dict[str, Any
 
 
 def _parse(setting: Setting, text: str, name: str) -> Any:
+    return _converted(setting, setting.parse, text, f"{name}={text!r}")
+
+
+def _converted(setting: Setting, convert: Callable[[Any], Any], value: Any, shown: str) -> Any:
+    """``convert(value)``, or a ConfigError naming ``shown`` and what is accepted."""
     try:
-        return setting.parse(text)
+        return convert(value)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(
-            f"{name}={text!r} is invalid ({exc}); accepted: {_accepts(setting)}"
-        ) from None
-
-
-def _accepts(setting: Setting) -> str:
-    return setting.accepts.replace("`", "")  # the docs' Markdown, not the message's
+        accepted = setting.accepts.replace("`", "")  # the docs' Markdown, not the message's
+        raise ConfigError(f"{shown} is invalid ({exc}); accepted: {accepted}") from None
 
 
 def _coerce_keyword(name: str, value: Any) -> Any:
@@ -146,12 +146,7 @@ def _coerce_keyword(name: str, value: Any) -> Any:
     label = f"install({name}=...)"
     if isinstance(value, str):
         return _parse(setting, value, label)
-    try:
-        return setting.ready(value)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(
-            f"{label}: {value!r} is invalid ({exc}); accepted: {_accepts(setting)}"
-        ) from None
+    return _converted(setting, setting.ready, value, f"{label}: {value!r}")
 
 
 def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
