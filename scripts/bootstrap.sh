@@ -17,9 +17,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-    # Debian's package starts a system slapd; the tests run their own.
-    if command -v systemctl >/dev/null 2>&1; then systemctl stop slapd >/dev/null 2>&1 || true; fi
-    pkill -x slapd >/dev/null 2>&1 || true
+    # Debian's package starts a system slapd; the tests run their own. Stop it through
+    # its service or its pid file, never by name.
+    if [[ " ${need_apt[*]} " == *" slapd "* ]]; then
+      if command -v systemctl >/dev/null 2>&1; then systemctl stop slapd >/dev/null 2>&1 || true; fi
+      if command -v service >/dev/null 2>&1; then service slapd stop >/dev/null 2>&1 || true; fi
+      pidfile=/run/slapd/slapd.pid
+      if [ -s "$pidfile" ]; then kill "$(cat "$pidfile")" >/dev/null 2>&1 || true; fi
+    fi
     # Debian's redis-server package may start a system redis too; the tests start their
     # own. Stop it through its service or its pid file, never by name.
     if [[ " ${need_apt[*]} " == *" redis-server "* ]]; then
