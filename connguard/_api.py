@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ._config import Config
@@ -29,15 +29,13 @@ log = logging.getLogger("connguard")
 
 
 class _State:
-    __slots__ = ("displaced", "guard", "lock", "patchers", "prober", "stoppers")
+    __slots__ = ("displaced", "guard", "lock", "patchers", "prober")
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.guard: Guard | None = None
         self.patchers: list[Any] = []
         self.prober: Any = None  # connguard._probe.Prober, when recovery is probed
-        # Called at uninstall(), newest first (background threads, hooks).
-        self.stoppers: list[Callable[[], None]] = []
         # Patched attributes that something else now stands in (see verify_patches()).
         self.displaced: list[str] = []
 
@@ -88,12 +86,6 @@ def install(*, environ: Mapping[str, str] | None = None, **overrides: Any) -> bo
 def uninstall() -> None:
     """Restore every attribute connguard patched and stop its threads; safe to repeat."""
     with _state.lock:
-        while _state.stoppers:
-            stop = _state.stoppers.pop()
-            try:
-                stop()
-            except Exception:
-                log.exception("connguard: error while stopping a helper")
         for patcher in reversed(_state.patchers):
             patcher.restore()
         _state.patchers = []
@@ -225,12 +217,6 @@ def displaced() -> list[str]:
 def current_guard() -> Guard | None:
     """The installed guard (for integrations hooked after install)."""
     return _state.guard
-
-
-def on_uninstall(stop: Callable[[], None]) -> None:
-    """Register a clean-up to run at ``uninstall()``."""
-    with _state.lock:
-        _state.stoppers.append(stop)
 
 
 def status() -> list[dict[str, Any]]:

@@ -201,7 +201,6 @@ class Guard:
         # Aborts blocking connects that outlive their deadline (started by install()).
         self.watchdog = Watchdog(clock)
         self._contained: set[str] = set()
-        self._unguarded_everything = False
         _GUARDS.add(self)
         if config.max_inflight_connects > 0 and self.enforce:
             self.gate = Lane(config.max_inflight_connects, clock)

@@ -72,7 +72,6 @@ class Watchdog:
         self.clock = clock
         # Called from the thread while idle (never per connect); set by install().
         self.on_idle: Callable[[], object] | None = None
-        self.aborted = 0
         self.dropped = 0
         # id(socket) -> the connect's Ticket, whose .sock and .expires say what to watch
         self._inflight: dict[int, Any] = {}
@@ -300,7 +299,6 @@ class Watchdog:
                 self._inflight[key] = popped
             return
         shut_down(watch.sock)
-        self.aborted += 1
 
     def _someone_held(self, now: float) -> bool:
         """Is a watched connect still CLOSE well after it started (held on the host)?"""

@@ -1,6 +1,6 @@
 """ldap3: binds never stall behind a dead directory server.
 
-Hook points (ldap3 2.9; see INTEGRATION-NOTES.md):
+Hook points (ldap3 2.9, read from its source and checked by experiment):
 
 - ``BaseStrategy._open_socket(address, use_ssl, unix_socket)`` runs once per
   candidate address of every new connection, including connections created

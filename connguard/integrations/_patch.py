@@ -150,9 +150,6 @@ class Patcher:
             except Exception:  # never let cleanup break the application
                 log.exception("connguard could not restore %s", _name(patch))
 
-    def __bool__(self) -> bool:
-        return bool(self._patches)
-
 
 def _current(patch: _Patch) -> Any:
     return vars(patch.owner).get(patch.attribute)
