@@ -57,7 +57,7 @@ PYEOF
 
 for mode in plain connguard; do
   prefix=""; [ "$mode" = connguard ] && prefix="$CG run --"
-  run_ns "urllib3-$mode" "$U" "$prefix" $U_TESTS
+  run_ns "urllib3-$mode" "$U" "$prefix" -p no:asyncio $U_TESTS
   # redis-server runs inside the same namespace, started and stopped by PID.
   (cd "$R" && timeout "$TIMEOUT" unshare -n sh -c '
     ip link set lo up
