@@ -43,6 +43,10 @@ _UNREACHABLE_ERRNOS = frozenset(
 )
 
 
+_NOT_EVIDENCE = (EndpointUnavailable, LaneTimeout)
+_IN_PROGRESS = (BlockingIOError, InterruptedError)
+
+
 def classify_failure(exc: BaseException) -> str | None:
     """``"timeout"``, ``"refused"``, ``"unreachable"``, or None when not the endpoint's fault.
 
@@ -50,13 +54,13 @@ def classify_failure(exc: BaseException) -> str | None:
     local errors (``EADDRNOTAVAIL``, ``EACCES``…) and anything not an ``OSError``
     are never counted against an endpoint.
     """
-    if isinstance(exc, EndpointUnavailable | LaneTimeout) or not isinstance(exc, OSError):
+    if isinstance(exc, ConnectionRefusedError) and not isinstance(exc, EndpointUnavailable):
+        return "refused"  # first: the commonest failure, checked on a hot-ish path
+    if isinstance(exc, _NOT_EVIDENCE) or not isinstance(exc, OSError):
         return None  # LaneTimeout: queued in the connect lane, the connect never started
     if isinstance(exc, TimeoutError):
         return "timeout"
-    if isinstance(exc, ConnectionRefusedError):
-        return "refused"
-    if isinstance(exc, BlockingIOError | InterruptedError):
+    if isinstance(exc, _IN_PROGRESS):
         return None
     if exc.errno in _UNREACHABLE_ERRNOS:
         return "unreachable"
@@ -188,6 +192,7 @@ class Guard:
         self.clock = clock
         self.rng = rng
         self.enforce = config.mode == "enforce"
+        self.costly_failure = config.costly_failure  # read by every failure: one lookup
         self.table = HealthTable(config.max_endpoints, clock)
         # When a background prober owns recovery, callers never become trials.
         self.callers_may_trial = True
@@ -311,7 +316,25 @@ class Guard:
         if kind is None or (kind == "timeout" and not left_host):
             ticket.abandoned()
             return
-        costly = kind == "timeout" or elapsed is None or elapsed >= self.config.costly_failure
+        if (
+            kind != "timeout"
+            and elapsed is not None
+            and elapsed < self.costly_failure
+            and not (ticket.trial or health.is_open)
+        ):
+            # The common cheap case (a refused port on a closed circuit) changes no
+            # circuit state: no lock, as on the success path (a race drops a count at
+            # most), and the message is formatted only when the failure changes.
+            health.cheap_failures += 1
+            health.failures_total += 1
+            health.used = True
+            code = getattr(exc, "errno", None)
+            if code != health.last_errno or kind != health.last_kind:
+                health.last_kind = kind
+                health.last_errno = code
+                health.last_error = f"{kind}: {type(exc).__name__}: {exc}"
+            return
+        costly = kind == "timeout" or elapsed is None or elapsed >= self.costly_failure
         now = self.clock()
         with self.table.lock:
             health.failures_total += 1

@@ -223,6 +223,8 @@ def test_prober_closes_the_circuit_when_the_endpoint_comes_back() -> None:
     assert thread.is_alive()
     with _listener_on(port) as accepted:
         wait_for(lambda: _record("127.0.0.1", port)["state"] == "closed")
+        # The probe's connect completes in the kernel before the accept loop counts it.
+        wait_for(lambda: accepted[0] >= 1)
         probes = accepted[0]
         with socket.create_connection(("127.0.0.1", port), timeout=2):
             pass
