@@ -29,10 +29,8 @@ from __future__ import annotations
 import _socket
 import argparse
 import contextlib
-import errno
 import json
 import os
-import random
 import select
 import shutil
 import socket
@@ -45,6 +43,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from connguard.testing import reachable, unreserved_port
 
 HOST = "127.0.0.1"
 OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "restart_lag.json"
@@ -59,35 +59,6 @@ SCENARIOS = {
 
 
 # -- the child: one scenario, one side ----------------------------------------------------
-
-
-def _unreserved_port() -> int:
-    """A free loopback port below the ephemeral range (no self-connects)."""
-    for _ in range(200):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as probe:
-            try:
-                probe.bind((HOST, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free loopback port in 20000..32000")
-
-
-def _raw_connects(address: tuple[str, int], timeout: float = 0.05) -> bool:
-    """A connect that bypasses connguard: the harness's own eyes."""
-    sock = socket.socket()
-    try:
-        sock.setblocking(False)
-        err = _socket.socket.connect_ex(sock, address)
-        if err == errno.EINPROGRESS:
-            _, writable, _ = select.select([], [sock], [], timeout)
-            if not writable:
-                return False
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        return err == 0
-    finally:
-        sock.close()
 
 
 class _Acceptor:
@@ -211,7 +182,7 @@ class _Redis:
     def __init__(self, executable: str, directory: str) -> None:
         self.executable = executable
         self.directory = directory
-        self.port = _unreserved_port()
+        self.port = unreserved_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> float:
@@ -223,7 +194,7 @@ class _Redis:
         )  # fmt: skip
         give_up = time.monotonic() + 10.0
         while time.monotonic() < give_up and self.proc.poll() is None:
-            if _raw_connects((HOST, self.port)):
+            if reachable((HOST, self.port)):
                 return time.monotonic()
             time.sleep(0.002)
         raise RuntimeError("redis-server did not start")

@@ -32,6 +32,7 @@ import asyncio.selector_events
 import contextlib
 import errno
 import http.server
+import random
 import select
 import socket
 import socketserver
@@ -53,10 +54,12 @@ __all__ = [
     "UDPEchoServer",
     "blackhole",
     "http_server",
+    "reachable",
     "serialized_host",
     "tcp_state",
     "tcp_server",
     "udp_echo_server",
+    "unreserved_port",
 ]
 
 #: ``tcpi_state`` value of a socket whose SYN is unanswered (Linux ``TCP_SYN_SENT``).
@@ -77,6 +80,45 @@ def _family(host: str) -> socket.AddressFamily:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def unreserved_port(host: str = "127.0.0.1") -> int:
+    """A free port on ``host`` below the ephemeral range, where nothing listens.
+
+    A connect to it is refused at once, and no client can ever self-connect to it
+    (the kernel never hands it out as a source port): the right port for a
+    wait-for-port or restart test.
+    """
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket(_family(host)) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on {host} in 20000..32000")
+
+
+def reachable(address: tuple[str, int], timeout: float = 0.05) -> bool:
+    """Does ``address`` accept a TCP connect within ``timeout`` s? Bypasses every wrapper.
+
+    The connect goes straight to ``_socket.socket.connect_ex`` on a non-blocking
+    socket, so neither connguard nor another instrumenter sees it: a test's own
+    eyes on a peer.
+    """
+    sock = socket.socket(_family(address[0]), socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        err = _socket.socket.connect_ex(sock, address)
+        if err == errno.EINPROGRESS:
+            _, writable, _ = select.select([], [sock], [], timeout)
+            if not writable:
+                return False
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return err == 0
+    finally:
+        sock.close()
 
 
 def tcp_state(sock: socket.socket) -> int | None:

@@ -20,7 +20,6 @@ import contextlib
 import errno
 import json
 import os
-import random
 import select
 import shutil
 import socket
@@ -38,7 +37,7 @@ import pytest
 
 import connguard
 from connguard import Config, ConfigError, EndpointUnavailable
-from connguard.testing import blackhole
+from connguard.testing import blackhole, reachable, unreserved_port
 
 HOST = "127.0.0.1"
 # connguard's deadline in the blackhole tests. min_connect_timeout is given too, so
@@ -53,35 +52,6 @@ _STOP_JOIN = 5.0
 
 
 # -- helpers: ports, servers, blackholes ---------------------------------------------------
-
-
-def _unreserved_port() -> int:
-    """A free loopback port below the ephemeral range, so no client can self-connect to it."""
-    for _ in range(200):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as probe:
-            try:
-                probe.bind((HOST, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free loopback port in 20000..32000")
-
-
-def _raw_connects(address: tuple[str, int], timeout: float = 0.05) -> bool:
-    """One connect that bypasses every wrapper (connguard included): the harness's own eyes."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        err = _socket.socket.connect_ex(sock, address)
-        if err == errno.EINPROGRESS:
-            _, writable, _ = select.select([], [sock], [], timeout)
-            if not writable:
-                return False
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        return err == 0
-    finally:
-        sock.close()
 
 
 _HTTP_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
@@ -204,7 +174,7 @@ class WakingBlackhole:
                 continue
             filler.close()  # this one was not answered: the queue is full
             break
-        assert not _raw_connects(self.address, 0.3), "the blackhole answers SYNs"
+        assert not reachable(self.address, 0.3), "the blackhole answers SYNs"
 
     @property
     def address(self) -> tuple[str, int]:
@@ -673,7 +643,7 @@ class RedisServer:
         )  # fmt: skip
         give_up = time.monotonic() + 10.0
         while time.monotonic() < give_up:
-            if _raw_connects((HOST, self.port), 0.05):
+            if reachable((HOST, self.port), 0.05):
                 self.up_at = time.monotonic()
                 return self.up_at
             if self.proc.poll() is not None:
@@ -694,7 +664,7 @@ def redis_server() -> Iterator[RedisServer]:
     if executable is None:
         pytest.skip("redis-server not found (apt package redis-server; scripts/bootstrap.sh)")
     with tempfile.TemporaryDirectory(prefix="connguard-redis-") as directory:
-        server = RedisServer(executable, _unreserved_port(), directory)
+        server = RedisServer(executable, unreserved_port(), directory)
         try:
             server.start()
             yield server

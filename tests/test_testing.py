@@ -337,3 +337,14 @@ def test_nests_beneath_connguard_install() -> None:
     assert host.connects == 1
     assert "connect" not in socket.socket.__dict__
     assert "connect_ex" not in socket.socket.__dict__
+
+
+def test_unreserved_port_refuses_and_reachable_sees_a_listener() -> None:
+    """unreserved_port() refuses at once; reachable() sees it only once something listens."""
+    from connguard.testing import reachable, unreserved_port
+
+    port = unreserved_port()
+    assert 20000 <= port < 32000
+    assert not reachable(("127.0.0.1", port))
+    with socket.create_server(("127.0.0.1", port)):
+        assert reachable(("127.0.0.1", port), timeout=1.0)
