@@ -141,6 +141,20 @@ class Ticket:
         except Exception as internal:
             self.guard.contain("record_failure", internal)
 
+    def timed_out(
+        self, exc: BaseException, caller_timeout: float | None, *, left_host: bool = True
+    ) -> None:
+        """The connect hit a timeout connguard did not impose: ``caller_timeout``.
+
+        A caller's own timeout shorter than what connguard would have allowed (the
+        endpoint's budget) says nothing about the endpoint: no outcome. Otherwise it
+        is a timeout of the endpoint.
+        """
+        if caller_timeout is not None and caller_timeout < self.health.budget:
+            self.abandoned()
+        else:
+            self.failed(exc, left_host=left_host)
+
     def abandoned(self) -> None:
         """No outcome will be known (non-blocking connect, cancellation…)."""
         if self.trial:

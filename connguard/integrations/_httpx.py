@@ -179,14 +179,9 @@ class _Attempt:
 
         if isinstance(exc, httpcore.ConnectTimeout):
             cause = exc.__cause__ or exc.__context__
-            if (
-                not self.imposed
-                and self.timeout is not None
-                and (self.timeout < ticket.health.budget)
-            ):
-                ticket.abandoned()  # the caller's own shorter timeout: no evidence
-                return None
-            ticket.failed(cause if isinstance(cause, TimeoutError) else TimeoutError(str(exc)))
+            timeout = cause if isinstance(cause, TimeoutError) else TimeoutError(str(exc))
+            # Imposed: connguard's own deadline expired. Otherwise the caller's timeout.
+            ticket.timed_out(timeout, None if self.imposed else self.timeout)
             if self.imposed:
                 deadline = ticket.deadline
                 expired = ConnectDeadlineExceeded(

@@ -238,9 +238,8 @@ def _report_open_failure(ticket: Ticket, strategy: Any, exc: Exception, elapsed:
             left_host = connect_left_host(sock)
             abort_connect(sock)  # ldap3 keeps the socket: do not leave it in SYN_SENT
         own = getattr(getattr(connection, "server", None), "connect_timeout", None)
-        if isinstance(own, int | float) and own < ticket.health.budget:
-            ticket.abandoned()  # the caller's own shorter timeout: no evidence
-            return
+        ticket.timed_out(exc, own if isinstance(own, int | float) else None, left_host=left_host)
+        return
     ticket.failed(exc, elapsed=elapsed, left_host=left_host)
 
 

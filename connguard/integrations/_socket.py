@@ -163,7 +163,7 @@ def _connect_factory(guard: Guard, native: bool = True) -> Factory:
                     abort_connect(sock)
                     if how is _TIMEOUT:
                         raise _deadline_exceeded(ticket, left_host) from exc
-                    _timed_out(ticket, exc, timeout, left_host)
+                    ticket.timed_out(exc, timeout, left_host=left_host)
                 else:
                     ticket.failed(exc, elapsed=monotonic() - started)
                 raise
@@ -184,14 +184,6 @@ def _connect_factory(guard: Guard, native: bool = True) -> Factory:
         return connect
 
     return factory
-
-
-def _timed_out(ticket: Ticket, exc: OSError, timeout: float | None, left_host: bool) -> None:
-    """A timeout connguard did not impose: the caller's own shorter one is no evidence."""
-    if timeout is not None and timeout < ticket.health.budget:
-        ticket.abandoned()
-    else:
-        ticket.failed(exc, left_host=left_host)
 
 
 def _deadline_exceeded(ticket: Ticket, left_host: bool = True) -> ConnectDeadlineExceeded:
@@ -281,7 +273,7 @@ def _report_errno(
     if exc_type is TimeoutError:
         left_host = connect_left_host(sock)
         abort_connect(sock)
-        _timed_out(ticket, exc, timeout, left_host)
+        ticket.timed_out(exc, timeout, left_host=left_host)
     else:
         ticket.failed(exc, elapsed=elapsed)
 
@@ -392,7 +384,7 @@ def _own_in_lane(
         abort_connect(sock)
         if imposed:
             raise _deadline_exceeded(ticket, left_host) from exc
-        _timed_out(ticket, exc, timeout, left_host)
+        ticket.timed_out(exc, timeout, left_host=left_host)
         raise
     except OSError as exc:
         # Queue time included: failing fast would have spared the caller that too.
